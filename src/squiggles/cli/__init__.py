@@ -1,0 +1,42 @@
+"""The ``squiggles`` command. Each subcommand lives in its own module with ``add_parser`` and ``run``.
+
+User errors (bad names, bad numbers, missing files) end with one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from squiggles import __version__
+from squiggles.cli import data_cmd, demo_cmd, train_cmd
+from squiggles.cli.common import Parser
+from squiggles.errors import SquigglesError
+
+COMMANDS = (train_cmd, data_cmd, demo_cmd)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="squiggles", description="Find adversarial examples in classifiers and iron them out.")
+    parser.add_argument("--version", action="version", version=f"squiggles {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    for module in COMMANDS:
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.run(args) or 0)
+    except SquigglesError as exc:
+        print(f"squiggles {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"squiggles {args.command}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,86 @@
+"""``squiggles train``: train a zoo architecture or your own model on a built-in dataset or your tensors."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from squiggles.cli.common import add_common, key_values, nonneg_float, positive_float, positive_int, say
+from squiggles.errors import SquigglesError
+
+EXAMPLES = """examples:
+  squiggles train --model madry-cnn --dataset mnist --epochs 2 --out runs/madry
+  squiggles train --model small-cnn --dataset digits --epochs 5 --out runs/digits
+  squiggles train --model mypkg.nets:make_net --dataset my_train.npz --test-data my_test.npz --out runs/mine
+  squiggles train --model madry-cnn --dataset mnist --epochs 4 --out runs/madry --resume
+"""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    from squiggles.models import MODELS
+    from squiggles.train.loop import OPTIMIZERS
+    from squiggles.train.methods import METHODS
+    from squiggles.train.schedule import SCHEDULES
+
+    p = sub.add_parser("train", help="train a model and save weights + card", epilog=EXAMPLES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="small-cnn",
+                   help=f"architecture: {', '.join(MODELS)}, or your own package.module:factory (default: small-cnn)")
+    p.add_argument("--model-arg", action="append", metavar="KEY=VALUE",
+                   help="extra argument for the model factory, e.g. hidden=[64,64] (repeatable)")
+    p.add_argument("--weights", help="initial weights (.safetensors) to start from")
+    p.add_argument("--dataset", default="mnist", help="mnist, fashion-mnist, digits, spheres, or a .npz/.safetensors file with x and y")
+    p.add_argument("--test-data", help="your own test set (.npz/.safetensors); default: the dataset's test split")
+    p.add_argument("--data-dir", help="folder with the dataset's files, when they cannot be fetched")
+    p.add_argument("--out", required=True, help="output folder for model.safetensors, card.json and the checkpoint")
+    p.add_argument("--method", default="standard", choices=sorted(METHODS), help="training method (default: standard)")
+    p.add_argument("--epochs", type=positive_int, default=1)
+    p.add_argument("--batch-size", type=positive_int, default=128)
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
+    p.add_argument("--lr", type=positive_float, default=1e-3, help="peak learning rate (default: 1e-3)")
+    p.add_argument("--momentum", type=nonneg_float, default=0.9, help="SGD momentum (default: 0.9)")
+    p.add_argument("--weight-decay", type=nonneg_float, default=0.0)
+    p.add_argument("--schedule", choices=SCHEDULES, default="onecycle")
+    p.add_argument("--milestones", type=positive_int, nargs="*", default=[], help="epochs where 'step' divides lr by 10")
+    p.add_argument("--eval-n", type=positive_int, help="evaluate on only the first N test points each epoch")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace a model already in --out")
+    add_common(p)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from squiggles.train import TrainConfig, train_model
+
+    check_names(args.model, args.dataset)
+    config = TrainConfig(
+        arch=args.model, dataset=args.dataset, method=args.method, epochs=args.epochs, batch_size=args.batch_size,
+        optimizer=args.optimizer, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
+        schedule=args.schedule, milestones=list(args.milestones), seed=args.seed, eval_n=args.eval_n,
+    )
+    try:
+        arch_kwargs = key_values(args.model_arg)
+    except argparse.ArgumentTypeError as exc:
+        raise SquigglesError(f"--model-arg: {exc}") from None
+    result, out = train_model(
+        config, args.out, test_dataset=args.test_data, data_dir=args.data_dir, arch_kwargs=arch_kwargs,
+        init_weights=args.weights, device=args.device, resume=args.resume, overwrite=args.overwrite,
+        progress=not args.quiet, log=lambda m: say(args, m),
+    )
+    print(f"test accuracy {result.test_acc:.4f} after {len(result.history)} epochs "
+          f"({result.wall_time_s:.1f}s); saved to {out}")
+    return 0
+
+
+def check_names(model: str, dataset: str) -> None:
+    """Fail fast, before any data is loaded, on an unknown model or dataset name."""
+    from squiggles.data import DATASETS
+    from squiggles.models import MODELS, is_import_path
+
+    if not is_import_path(model) and model not in MODELS:
+        raise SquigglesError(f"unknown model {model!r}; choose one of: {', '.join(MODELS)} "
+                             "(or your own package.module:factory)")
+    is_file = dataset.endswith((".npz", ".safetensors")) or Path(dataset).is_file()
+    if not is_file and dataset not in DATASETS:
+        raise SquigglesError(f"unknown dataset {dataset!r}; choose one of: {', '.join(DATASETS)} "
+                             "(or a .npz/.safetensors file with x and y)")

@@ -1,0 +1,187 @@
+"""The model zoo's architectures, `Normalize`, and user-supplied factories.
+
+Every model maps inputs in the data's bounds (``[0, 1]`` for images) to logits. Normalisation, when a
+model wants it, is a module inside the model (`Normalize`), never a step the attacks must remember.
+
+Example:
+    >>> import torch
+    >>> from squiggles.models import build_model
+    >>> net = build_model("small-cnn", in_shape=(1, 28, 28), num_classes=10)
+    >>> net(torch.zeros(2, 1, 28, 28)).shape
+    torch.Size([2, 10])
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from squiggles.errors import ModelError
+
+Shape = tuple[int, ...]
+
+
+class Normalize(nn.Module):
+    """``(x - mean) / std`` with mean and std as buffers, so they follow ``.to(device)`` and are saved.
+
+    Scalars or per-channel sequences are accepted; per-channel values broadcast over ``N x C x ...``.
+    """
+
+    def __init__(self, mean: float | Sequence[float], std: float | Sequence[float]) -> None:
+        super().__init__()
+        mean_t = torch.as_tensor(mean, dtype=torch.float32).flatten()
+        std_t = torch.as_tensor(std, dtype=torch.float32).flatten()
+        if (std_t <= 0).any():
+            raise ModelError(f"Normalize: std must be positive, got {std_t.tolist()}")
+        self.register_buffer("mean", mean_t)
+        self.register_buffer("std", std_t)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Per-channel statistics sit on dim 1; a single value broadcasts everywhere.
+        shape = (1, -1) + (1,) * (x.dim() - 2) if self.mean.numel() > 1 else (1,)
+        mean = self.mean.to(x.dtype).view(shape)
+        std = self.std.to(x.dtype).view(shape)
+        return (x - mean) / std
+
+
+def with_normalization(model: nn.Module, mean: float | Sequence[float], std: float | Sequence[float]) -> nn.Sequential:
+    """Prepend `Normalize(mean, std)` so the model takes raw inputs in their natural bounds."""
+    return nn.Sequential(Normalize(mean, std), model)
+
+
+def _flat_size(features: nn.Module, in_shape: Shape) -> int:
+    """Number of features after ``features`` for one input of ``in_shape``, or a clear error if it is too small."""
+    try:
+        with torch.no_grad():
+            out = features(torch.zeros(1, *in_shape))
+    except RuntimeError as exc:
+        raise ModelError(f"input shape {in_shape} is too small for this architecture ({exc})") from None
+    return int(out.numel())
+
+
+def _prefix(mean: Any, std: Any) -> list[nn.Module]:
+    return [Normalize(mean, std)] if mean is not None and std is not None else []
+
+
+def madry_cnn(in_shape: Shape = (1, 28, 28), num_classes: int = 10, mean: Any = None, std: Any = None) -> nn.Module:
+    """Madry et al. 2017 (arXiv 1706.06083) MNIST net: conv32 5x5, pool, conv64 5x5, pool, fc1024, fc10."""
+    features = nn.Sequential(
+        *_prefix(mean, std),
+        nn.Conv2d(in_shape[0], 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(),
+    )
+    n = _flat_size(features, in_shape)
+    return nn.Sequential(*features, nn.Linear(n, 1024), nn.ReLU(), nn.Linear(1024, num_classes))
+
+
+def small_cnn(in_shape: Shape = (1, 28, 28), num_classes: int = 10, mean: Any = None, std: Any = None) -> nn.Module:
+    """Wong et al. 2020 (arXiv 2001.03994) fast-training MNIST net: conv16 4x4/2, conv32 4x4/2, fc100, fc10."""
+    features = nn.Sequential(
+        *_prefix(mean, std),
+        nn.Conv2d(in_shape[0], 16, 4, stride=2, padding=1), nn.ReLU(),
+        nn.Conv2d(16, 32, 4, stride=2, padding=1), nn.ReLU(),
+        nn.Flatten(),
+    )
+    n = _flat_size(features, in_shape)
+    return nn.Sequential(*features, nn.Linear(n, 100), nn.ReLU(), nn.Linear(100, num_classes))
+
+
+def trades_cnn(
+    in_shape: Shape = (1, 28, 28), num_classes: int = 10, mean: Any = None, std: Any = None, dropout: float = 0.5
+) -> nn.Module:
+    """Zhang et al. 2019 (arXiv 1901.08573) TRADES SmallCNN: four 3x3 convs, two pools, fc200, fc200, fc10."""
+    features = nn.Sequential(
+        *_prefix(mean, std),
+        nn.Conv2d(in_shape[0], 32, 3), nn.ReLU(),
+        nn.Conv2d(32, 32, 3), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3), nn.ReLU(),
+        nn.Conv2d(64, 64, 3), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(),
+    )
+    n = _flat_size(features, in_shape)
+    return nn.Sequential(
+        *features,
+        nn.Linear(n, 200), nn.ReLU(), nn.Dropout(dropout),
+        nn.Linear(200, 200), nn.ReLU(),
+        nn.Linear(200, num_classes),
+    )
+
+
+def mlp(
+    in_shape: Shape = (1, 28, 28), num_classes: int = 10, hidden: Sequence[int] = (256, 256),
+    mean: Any = None, std: Any = None,
+) -> nn.Module:
+    """A ReLU multilayer perceptron on the flattened input; works for any input shape."""
+    layers: list[nn.Module] = [*_prefix(mean, std), nn.Flatten()]
+    width = math.prod(in_shape)
+    for h in hidden:
+        layers += [nn.Linear(width, int(h)), nn.ReLU()]
+        width = int(h)
+    layers.append(nn.Linear(width, num_classes))
+    return nn.Sequential(*layers)
+
+
+def linear(in_shape: Shape = (1, 28, 28), num_classes: int = 10, mean: Any = None, std: Any = None) -> nn.Module:
+    """Softmax regression (Goodfellow et al. 2014's shallow model): one linear layer to the logits."""
+    return nn.Sequential(*_prefix(mean, std), nn.Flatten(), nn.Linear(math.prod(in_shape), num_classes))
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "madry-cnn": madry_cnn,
+    "small-cnn": small_cnn,
+    "trades-cnn": trades_cnn,
+    "mlp": mlp,
+    "linear": linear,
+}
+
+
+def is_import_path(arch: str) -> bool:
+    """True for a user's ``package.module:factory`` reference rather than a registry name."""
+    return ":" in arch
+
+
+def import_factory(ref: str) -> Callable[..., nn.Module]:
+    """Resolve ``package.module:factory`` to the callable, with a clear error when it cannot be found."""
+    module_name, _, attr = ref.partition(":")
+    if not module_name or not attr:
+        raise ModelError(f"--model {ref!r}: expected 'package.module:factory'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ModelError(f"cannot import module {module_name!r} for --model {ref!r}: {exc}") from None
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ModelError(f"module {module_name!r} has no attribute {attr!r} (from --model {ref!r})")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ModelError(f"{ref!r} is not callable; it must be a function or class returning an nn.Module")
+    return obj
+
+
+def build_model(arch: str, in_shape: Shape | None = None, num_classes: int | None = None, **kwargs: Any) -> nn.Module:
+    """Build a registry architecture by name, or a user's ``package.module:factory``.
+
+    Registry factories get ``in_shape`` (default ``(1, 28, 28)``) and ``num_classes`` (default 10); a user's
+    factory gets them only when they are given, plus ``kwargs``.
+    """
+    if is_import_path(arch):
+        given = {k: v for k, v in (("in_shape", in_shape), ("num_classes", num_classes)) if v is not None}
+        try:
+            model = import_factory(arch)(**given, **kwargs)
+        except TypeError as exc:
+            raise ModelError(f"calling {arch} with {sorted({**given, **kwargs})} failed: {exc}") from None
+    elif arch in MODELS:
+        shape = tuple(in_shape) if in_shape is not None else (1, 28, 28)
+        model = MODELS[arch](in_shape=shape, num_classes=num_classes or 10, **kwargs)
+    else:
+        raise ModelError(f"unknown model {arch!r}; choose one of: {', '.join(MODELS)} (or 'package.module:factory')")
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"{arch!r} returned {type(model).__name__}, not a torch.nn.Module")
+    return model

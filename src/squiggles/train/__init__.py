@@ -1,0 +1,7 @@
+"""Training: one loop (`fit`), pluggable methods (`METHODS`), and `train_model` from recipe to saved model."""
+
+from squiggles.train.loop import EpochStats, TrainConfig, TrainResult, fit
+from squiggles.train.methods import METHODS, StepContext, make_method
+from squiggles.train.run import train_model
+
+__all__ = ["METHODS", "EpochStats", "StepContext", "TrainConfig", "TrainResult", "fit", "make_method", "train_model"]

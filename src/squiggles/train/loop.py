@@ -1,0 +1,187 @@
+"""The one trainer loop: shuffle, make the loss with a pluggable method, step, evaluate, checkpoint.
+
+Every epoch ends with an atomic checkpoint; ``resume=True`` restores model, optimiser and RNG state and
+continues at the next epoch, so a resumed run equals an uninterrupted one bit for bit on CPU.
+Shuffling uses a generator seeded from ``(seed, epoch)`` and the schedule is a pure function of the step,
+so neither needs saving.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from squiggles.errors import SquigglesError
+from squiggles.runtime import accuracy
+from squiggles.train.methods import StepContext, make_method
+from squiggles.train.schedule import SCHEDULES, learning_rate
+from squiggles.train.state import CHECKPOINT, load_checkpoint, save_checkpoint
+
+OPTIMIZERS = ("adam", "sgd")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a training run; recorded in the model card as the recipe."""
+
+    arch: str = "small-cnn"
+    dataset: str = "mnist"
+    method: str = "standard"
+    method_options: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 1
+    batch_size: int = 128
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "onecycle"
+    milestones: list[int] = field(default_factory=list)
+    seed: int = 0
+    eval_n: int | None = None
+
+    def validate(self) -> None:
+        """Refuse nonsense early, with the name of the field and the fix."""
+        checks = [
+            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
+            (self.lr > 0, f"learning rate must be > 0, got {self.lr}"),
+            (self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}"),
+            (self.optimizer in OPTIMIZERS, f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}"),
+            (self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise SquigglesError(message)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class EpochStats:
+    epoch: int
+    train_loss: float
+    train_acc: float
+    test_acc: float
+    lr: float
+    seconds: float
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    history: list[EpochStats]
+    wall_time_s: float
+
+    @property
+    def test_acc(self) -> float:
+        return self.history[-1].test_acc
+
+
+Logger = Callable[[str], None]
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+
+def fit(
+    model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
+    config: TrainConfig, out_dir: Path, *, resume: bool = False, bounds: tuple[float, float] = (0.0, 1.0),
+    progress: bool = True, log: Logger = print,
+) -> TrainResult:
+    """Train ``model`` in place by ``config`` and return it with the per-epoch history.
+
+    Data tensors are moved to the model's device once. The global RNG (used by dropout) is forked, seeded
+    from ``config.seed`` and saved in each checkpoint, so the caller's RNG is left as it was.
+    """
+    config.validate()
+    method = make_method(config.method, **config.method_options)
+    device = next(model.parameters()).device
+    train_x, train_y = train_x.to(device), train_y.to(device)
+    optimizer = make_optimizer(model, config)
+    steps_per_epoch = -(-len(train_x) // config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    ckpt = Path(out_dir) / CHECKPOINT
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(config.seed)
+        history, start_epoch, elapsed = _maybe_resume(ckpt, model, optimizer, config, resume, log)
+        for epoch in range(start_epoch, config.epochs):
+            t0 = time.perf_counter()
+            stats = _train_epoch(model, optimizer, method, train_x, train_y, config, epoch, steps_per_epoch,
+                                 total_steps, bounds, progress)
+            test_acc = accuracy(model, test_x, test_y) if len(test_x) else float("nan")
+            seconds = time.perf_counter() - t0
+            elapsed += seconds
+            history.append(EpochStats(epoch + 1, stats[0], stats[1], test_acc, stats[2], seconds))
+            header = {"epoch": epoch + 1, "config": config.to_dict(), "elapsed_s": elapsed,
+                      "history": [dataclasses.asdict(h) for h in history]}
+            save_checkpoint(ckpt, model, optimizer, header)
+            log(f"epoch {epoch + 1}/{config.epochs}: loss {stats[0]:.4f}  train acc {stats[1]:.4f}  "
+                f"test acc {test_acc:.4f}  ({seconds:.1f}s)")
+    model.eval()
+    return TrainResult(model, history, elapsed)
+
+
+def _maybe_resume(
+    ckpt: Path, model: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig, resume: bool, log: Logger,
+) -> tuple[list[EpochStats], int, float]:
+    if not resume:
+        return [], 0, 0.0
+    if not ckpt.exists():
+        raise SquigglesError(f"--resume: no checkpoint at {ckpt}; run without --resume to start training")
+    header = load_checkpoint(ckpt, model, optimizer)
+    saved = header["config"]
+    diff = [k for k, v in config.to_dict().items() if saved.get(k) != v]
+    if diff:
+        raise SquigglesError(f"--resume: the checkpoint was made with different settings ({', '.join(diff)}); "
+                             "rerun with the original settings or use a new --out folder")
+    log(f"resuming after epoch {header['epoch']} from {ckpt}")
+    return [EpochStats(**h) for h in header["history"]], int(header["epoch"]), float(header["elapsed_s"])
+
+
+def _train_epoch(
+    model: nn.Module, optimizer: torch.optim.Optimizer, method: Any, x: torch.Tensor, y: torch.Tensor,
+    config: TrainConfig, epoch: int, steps_per_epoch: int, total_steps: int, bounds: tuple[float, float],
+    progress: bool,
+) -> tuple[float, float, float]:
+    """One pass over shuffled data; returns (mean loss, accuracy on the training batches, last lr)."""
+    order_gen = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+    order = torch.randperm(len(x), generator=order_gen).to(x.device)
+    # Attacks inside adversarial methods draw from their own generator, also fixed by (seed, epoch).
+    attack_gen = torch.Generator(device=x.device).manual_seed(config.seed * 100_019 + epoch)
+    loss_sum = torch.zeros((), device=x.device)
+    correct = torch.zeros((), device=x.device, dtype=torch.long)
+    bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress,
+               leave=False, unit="batch")
+    lr = config.lr
+    for i in bar:
+        step = epoch * steps_per_epoch + i
+        lr = learning_rate(config.schedule, config.lr, step, total_steps, steps_per_epoch, config.milestones)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        idx = order[i * config.batch_size : (i + 1) * config.batch_size]
+        xb, yb = x[idx], y[idx]
+        ctx = StepContext(epoch=epoch, progress=step / total_steps, generator=attack_gen, bounds=bounds)
+        model.train()
+        loss, logits = method(model, xb, yb, ctx)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach() * len(yb)
+        correct += (logits.detach().argmax(1) == yb).sum()
+        if progress and i % 20 == 0:
+            seen = min((i + 1) * config.batch_size, len(x))
+            bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.4f}")
+    bar.close()
+    return loss_sum.item() / len(x), correct.item() / len(x), lr

@@ -1,0 +1,53 @@
+"""Ways of making the training loss from a batch. Each method is a pure function of (model, x, y, context).
+
+Adversarial methods (PGD, FGSM with random start, TRADES) plug in here as further entries of `METHODS`;
+the trainer loop does not change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What a method may know about where training is: epoch, fraction done, a seeded generator, bounds."""
+
+    epoch: int
+    progress: float
+    generator: torch.Generator
+    bounds: tuple[float, float]
+
+
+class TrainMethod(Protocol):
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(loss, logits)``; ``logits`` are what the progress bar's accuracy is computed from."""
+        ...
+
+
+def standard(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain empirical risk minimisation: cross-entropy on the clean batch."""
+    logits = model(x)
+    return F.cross_entropy(logits, y), logits
+
+
+def make_standard(**options: Any) -> TrainMethod:
+    if options:
+        raise ValueError(f"method 'standard' takes no options, got {', '.join(options)}")
+    return standard
+
+
+METHODS: dict[str, Callable[..., TrainMethod]] = {"standard": make_standard}
+
+
+def make_method(name: str, **options: Any) -> TrainMethod:
+    """Build a training method by name with its options."""
+    if name not in METHODS:
+        raise ValueError(f"unknown training method {name!r}; choose one of {', '.join(METHODS)}")
+    return METHODS[name](**options)

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from squiggles.errors import ModelError
+from squiggles.models import MODELS, Normalize, build_model, import_factory, with_normalization
+
+
+@pytest.mark.parametrize("arch", sorted(MODELS))
+def test_every_registry_model_maps_a_batch_to_logits(arch):
+    torch.manual_seed(0)
+    net = build_model(arch, in_shape=(1, 28, 28), num_classes=10).eval()
+    out = net(torch.rand(3, 1, 28, 28))
+    assert out.shape == (3, 10)
+    assert out.dtype == torch.float32
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("arch", ["madry-cnn", "small-cnn", "mlp", "linear"])
+def test_small_images_and_other_class_counts(arch):
+    net = build_model(arch, in_shape=(1, 8, 8), num_classes=4).eval()
+    assert net(torch.rand(2, 1, 8, 8)).shape == (2, 4)
+
+
+def test_tabular_input_for_flat_models():
+    assert build_model("mlp", in_shape=(6,), num_classes=2, hidden=[5])(torch.rand(4, 6)).shape == (4, 2)
+    assert build_model("linear", in_shape=(6,), num_classes=3)(torch.rand(4, 6)).shape == (4, 3)
+
+
+def test_madry_cnn_has_the_published_layer_sizes():
+    convs = [m for m in build_model("madry-cnn").modules() if isinstance(m, nn.Conv2d)]
+    fcs = [m for m in build_model("madry-cnn").modules() if isinstance(m, nn.Linear)]
+    assert [(c.out_channels, c.kernel_size) for c in convs] == [(32, (5, 5)), (64, (5, 5))]
+    assert [(f.in_features, f.out_features) for f in fcs] == [(7 * 7 * 64, 1024), (1024, 10)]
+
+
+def test_too_small_input_is_a_clear_error():
+    with pytest.raises(ModelError, match="too small"):
+        build_model("trades-cnn", in_shape=(1, 8, 8))
+
+
+def test_unknown_model_lists_valid_names():
+    with pytest.raises(ModelError, match="madry-cnn, small-cnn"):
+        build_model("resnet-9000")
+
+
+def test_normalize_uses_buffers_and_broadcasts_per_channel():
+    norm = Normalize([0.5, 0.25], [0.5, 0.25])
+    assert {name for name, _ in norm.named_buffers()} == {"mean", "std"}
+    x = torch.ones(2, 2, 3, 3)
+    out = norm(x)
+    assert torch.allclose(out[:, 0], torch.full((2, 3, 3), 1.0))
+    assert torch.allclose(out[:, 1], torch.full((2, 3, 3), 3.0))
+    assert norm(x.double()).dtype == torch.float64
+    with pytest.raises(ModelError, match="positive"):
+        Normalize(0.0, 0.0)
+
+
+def test_with_normalization_prepends_the_module():
+    net = with_normalization(nn.Flatten(), 0.5, 0.5)
+    assert torch.equal(net(torch.ones(1, 2)), torch.ones(1, 2))
+
+
+def test_user_factory_import_errors_name_the_problem():
+    assert import_factory("torch.nn:Identity") is nn.Identity
+    with pytest.raises(ModelError, match="cannot import module"):
+        import_factory("no_such_pkg.mod:make")
+    with pytest.raises(ModelError, match="has no attribute"):
+        import_factory("torch.nn:NoSuchThing")
+    with pytest.raises(ModelError, match="not a torch.nn.Module"):
+        build_model("builtins:dict", x=4.0)
+    with pytest.raises(ModelError, match="failed"):
+        build_model("math:sqrt", x=4.0)
