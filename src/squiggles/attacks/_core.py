@@ -1,0 +1,187 @@
+"""What every attack shares: input checks, eval mode with frozen parameters, a counting oracle for model
+calls, seeded generators, and the final verified forward pass that produces the `AttackResult`.
+
+An attack is written as a *core* ``core(oracle, x, goal, threat, generator) -> x_adv`` and wrapped by
+`run_attack`, which guarantees the contract (budget, bounds, success from a final forward pass, mode and
+``.grad`` of the model untouched, global RNG untouched) for all attacks at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from squiggles.errors import SquigglesError
+from squiggles.goals import GoalLike, ResolvedGoal, as_goal, resolve_goal
+from squiggles.losses import Loss
+from squiggles.results import AttackResult
+from squiggles.runtime import eval_mode
+from squiggles.threat import ThreatModel
+
+Seed = int | torch.Generator | None
+Core = Callable[["Oracle", Tensor, ResolvedGoal, ThreatModel, torch.Generator], Tensor]
+
+
+class Oracle:
+    """The model as an attack sees it: logits, or loss and input-gradient, with every call counted.
+
+    ``idx`` names which examples of the full batch a call is about, so per-example query counts stay right
+    when an attack works on a subset (early stop, restarts on the remaining points).
+    """
+
+    def __init__(self, model: Callable[[Tensor], Tensor], n: int, device: torch.device) -> None:
+        self.model = model
+        self.forwards = 0
+        self.backwards = 0
+        self.queries = torch.zeros(n, dtype=torch.long, device=device)
+
+    def _count(self, k: int, idx: Tensor | None, backward: bool) -> None:
+        self.forwards += k
+        self.backwards += k if backward else 0
+        if idx is None:
+            self.queries += 1
+        else:
+            self.queries[idx] += 1
+
+    def logits(self, x: Tensor, idx: Tensor | None = None) -> Tensor:
+        with torch.no_grad():
+            out = self.model(x)
+        self._count(len(x), idx, backward=False)
+        return out
+
+    def loss_grad(
+        self, x: Tensor, loss: Loss, goal: ResolvedGoal, idx: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-example loss, its gradient with respect to ``x`` only, and the logits (all detached)."""
+        x = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            logits = self.model(x)
+            values = loss(logits, goal.labels, goal.targets)
+            (grad,) = torch.autograd.grad(values.sum(), x)
+        self._count(len(x), idx, backward=True)
+        return values.detach(), grad.detach(), logits.detach()
+
+
+@contextlib.contextmanager
+def attack_mode(model: Any) -> Iterator[None]:
+    """Eval mode and ``requires_grad=False`` on parameters for the attack, both restored exactly after.
+
+    Freezing parameters keeps their ``.grad`` untouched and skips the weight-gradient work of every backward.
+    """
+    if not isinstance(model, nn.Module):
+        yield
+        return
+    params = list(model.parameters())
+    flags = [p.requires_grad for p in params]
+    with eval_mode(model):
+        for p in params:
+            p.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for p, flag in zip(params, flags, strict=True):
+                p.requires_grad_(flag)
+
+
+def make_generator(seed: Seed, device: torch.device) -> tuple[torch.Generator, int | None]:
+    """A generator on ``device`` and the seed to record; never the global RNG."""
+    if isinstance(seed, torch.Generator):
+        return seed, seed.initial_seed()
+    seed = 0 if seed is None else int(seed)
+    return torch.Generator(device=device).manual_seed(seed), seed
+
+
+def check_inputs(x: Any, threat: ThreatModel) -> Tensor:
+    """A floating tensor with a batch dimension, inside the bounds (tiny round-off is clamped, not refused)."""
+    if not isinstance(x, Tensor):
+        raise SquigglesError(f"inputs must be a torch.Tensor, got {type(x).__name__}")
+    if not x.dtype.is_floating_point:
+        raise SquigglesError(f"inputs must be floating point, got {x.dtype}; scale integer images to the bounds first")
+    if x.dim() < 2:
+        raise SquigglesError(f"inputs need a batch dimension (N x ...), got shape {tuple(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise SquigglesError("inputs contain NaN or infinity")
+    lo, hi = threat.bounds
+    tol = 1e-5 * max(1.0, hi - lo)
+    if len(x) and (x.min() < lo - tol or x.max() > hi + tol):
+        raise SquigglesError(
+            f"inputs range over [{x.min().item():.4g}, {x.max().item():.4g}] but the threat model's bounds are "
+            f"{threat.bounds}; attack raw inputs and put normalisation inside the model (squiggles.Normalize)")
+    return x.detach().clamp(lo, hi)
+
+
+def check_logits(logits: Tensor, n: int) -> None:
+    if logits.dim() != 2 or logits.shape[0] != n:
+        raise SquigglesError(f"the model must return logits shaped (N, classes); got {tuple(logits.shape)} for N={n}")
+    if n and logits.shape[1] > 1 and (logits >= 0).all() and (logits <= 1).all():
+        if torch.allclose(logits.sum(1), torch.ones_like(logits[:, 0]), atol=1e-3):
+            warnings.warn("the model's outputs look like probabilities (rows in [0, 1] summing to 1); attacks need "
+                          "logits: remove the final softmax, or gradients will vanish and robustness will look "
+                          "better than it is", stacklevel=3)
+
+
+def run_attack(
+    name: str, core: Core, model: Callable[[Tensor], Tensor], x: Tensor, y_or_goal: GoalLike,
+    threat: ThreatModel, seed: Seed, config: dict[str, Any],
+) -> AttackResult:
+    """Validate, run ``core`` under the attack contract, project, verify with a final forward pass."""
+    start = time.perf_counter()
+    x = check_inputs(x, threat)
+    goal_in = as_goal(y_or_goal)
+    generator, seed_record = make_generator(seed, x.device)
+    with attack_mode(model):
+        oracle = Oracle(model, len(x), x.device)
+        clean_logits = oracle.logits(x)
+        check_logits(clean_logits, len(x))
+        goal = resolve_goal(goal_in, clean_logits)
+        x_adv = core(oracle, x, goal, threat, generator) if len(x) else x.clone()
+        x_adv = threat.project(x_adv.detach(), x)
+        logits = oracle.logits(x_adv)
+    return AttackResult(
+        attack=name, x_adv=x_adv, success=goal.success(logits), pred=logits.argmax(1), labels=goal.labels,
+        clean_correct=clean_logits.argmax(1) == goal.labels, norms=threat.norm(x_adv - x),
+        queries=oracle.queries, forwards=oracle.forwards, backwards=oracle.backwards, threat=threat.describe(),
+        seed=seed_record, config=config, targets=goal.targets, labels_source=goal.labels_source,
+        wall_time_s=time.perf_counter() - start,
+    )
+
+
+def subset_threat(threat: ThreatModel, idx: Tensor) -> ThreatModel:
+    """The threat model for a subset of the batch (per-example budgets follow the subset)."""
+    if isinstance(threat.eps, Tensor) and threat.eps.dim() > 0:
+        return threat.with_eps(threat.eps.to(idx.device)[idx])
+    return threat
+
+
+class Best:
+    """Per-example best iterate: success first, then the higher loss. Updated in place on a subset."""
+
+    def __init__(self, x: Tensor) -> None:
+        self.x = x.clone()
+        self.loss = torch.full((len(x),), -torch.inf, dtype=x.dtype, device=x.device)
+        self.success = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+
+    def update(self, idx: Tensor | None, x: Tensor, loss: Tensor, success: Tensor) -> None:
+        cur_s = self.success if idx is None else self.success[idx]
+        cur_l = self.loss if idx is None else self.loss[idx]
+        better = (success & ~cur_s) | ((success == cur_s) & (loss > cur_l))
+        if idx is None:
+            self.x[better] = x[better]
+            self.loss = torch.where(better, loss.to(self.loss.dtype), self.loss)
+            self.success |= success
+        else:
+            where = idx[better]
+            self.x[where] = x[better]
+            self.loss[where] = loss[better].to(self.loss.dtype)
+            self.success[where] = (cur_s | success)[better]
+
+
+def eps_value(threat: ThreatModel, like: Tensor) -> Tensor:
+    """Per-example eps (flat), on the device and dtype of ``like``."""
+    return threat.eps_like(like).flatten()
