@@ -33,3 +33,14 @@ def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = No
     full_env = dict(os.environ, **(env or {}))
     return subprocess.run([sys.executable, "-m", "squiggles", *args], capture_output=True, text=True,
                           env=full_env, cwd=cwd, timeout=300)
+
+
+@pytest.fixture(scope="session")
+def digits_model(tmp_path_factory) -> Path:
+    """A small CNN trained on scikit-learn's digits (a second or two), saved as a model folder."""
+    from squiggles.train import TrainConfig, train_model
+
+    out = tmp_path_factory.mktemp("digits-model")
+    config = TrainConfig(arch="small-cnn", dataset="digits", epochs=8, lr=0.01, batch_size=32)
+    train_model(config, out, progress=False, log=lambda m: None)
+    return out

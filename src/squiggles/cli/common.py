@@ -70,3 +70,61 @@ def say(args: argparse.Namespace, message: str) -> None:
     """Progress messages go to stderr so stdout stays clean for results."""
     if not getattr(args, "quiet", False):
         print(message, file=sys.stderr)
+
+
+# --- models and data from the command line ---------------------------------------------------------
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True,
+                        help="a model folder (model.safetensors + card.json), or your own package.module:factory")
+    parser.add_argument("--weights", help="weights (.safetensors) for a package.module:factory model")
+    parser.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="argument for your factory (repeatable)")
+
+
+def resolve_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """Load ``--model`` (a folder, or a factory plus ``--weights``); return the model and its card as a dict."""
+    from pathlib import Path
+
+    from squiggles.checkpoints import load_model, load_user_model, read_card
+    from squiggles.errors import SquigglesError
+    from squiggles.models import is_import_path
+
+    if is_import_path(args.model):
+        try:
+            kwargs = key_values(args.model_arg)
+        except argparse.ArgumentTypeError as exc:
+            raise SquigglesError(f"--model-arg: {exc}") from None
+        model = load_user_model(args.model, args.weights, **kwargs)
+        return model, {"arch": args.model, "arch_kwargs": kwargs, "weights": args.weights}
+    if not Path(args.model).exists():
+        raise SquigglesError(f"--model {args.model!r}: no such folder (give a folder written by `squiggles train`, "
+                             "or package.module:factory with --weights)")
+    return load_model(args.model), read_card(args.model).to_dict()
+
+
+def add_data_args(parser: argparse.ArgumentParser, split: str = "test") -> None:
+    parser.add_argument("--dataset", default="mnist",
+                        help="mnist, fashion-mnist, digits, spheres, or a .npz/.safetensors file with x and y")
+    parser.add_argument("--split", default=split, choices=("train", "val", "trainval", "test"),
+                        help=f"split of a built-in dataset (default: {split})")
+    parser.add_argument("--n", type=positive_int, help="use only the first N points")
+    parser.add_argument("--data-dir", help="folder with the dataset's files, when they cannot be fetched")
+
+
+def resolve_data(args: argparse.Namespace) -> Any:
+    """The dataset the command runs on, cut to ``--n`` points."""
+    from pathlib import Path
+
+    from squiggles.data import DATASETS, load_dataset, load_tensors
+    from squiggles.errors import SquigglesError
+
+    name = args.dataset
+    if name.endswith((".npz", ".safetensors")) or Path(name).is_file():
+        data = load_tensors(name)
+    elif name in DATASETS:
+        data = load_dataset(name, args.split, data_dir=args.data_dir, progress=not getattr(args, "quiet", False))
+    else:
+        raise SquigglesError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)} "
+                             "(or a .npz/.safetensors file with x and y)")
+    return data.subset(min(args.n, len(data))) if args.n else data

@@ -1,0 +1,1 @@
+"""Figures and (later) the self-contained HTML report."""

@@ -1,0 +1,58 @@
+"""Figures as PNG files. Matplotlib runs headless (Agg) and is imported only when a figure is drawn."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+
+def is_image_batch(x: Tensor) -> bool:
+    """N x C x H x W with 1 or 3 channels: something we can draw as pictures."""
+    return x.dim() == 4 and x.shape[1] in (1, 3)
+
+
+def attack_grid(
+    path: Path, clean: Tensor, adv: Tensor, clean_pred: Tensor, adv_pred: Tensor, adv_conf: Tensor,
+    labels: Tensor, bounds: tuple[float, float] = (0.0, 1.0), title: str = "", rows: int = 8,
+) -> Path:
+    """Clean image, signed perturbation (a heat map) and adversarial image, one example per row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = min(rows, len(clean))
+    fig, axes = plt.subplots(n, 3, figsize=(6, 2 * n), squeeze=False)
+    delta = (adv - clean)[:n]
+    scale = max(delta.abs().max().item(), 1e-12)
+    for i in range(n):
+        panels = [
+            (_hwc(clean[i], bounds), "gray", None, f"label {int(labels[i])}, pred {int(clean_pred[i])}"),
+            (delta[i].mean(0).numpy(), "RdBu_r", (-scale, scale), f"perturbation (max {scale:.3g})"),
+            (_hwc(adv[i], bounds), "gray", None, f"pred {int(adv_pred[i])} ({float(adv_conf[i]):.2f})"),
+        ]
+        for ax, (img, cmap, lim, text) in zip(axes[i], panels, strict=True):
+            kwargs = {"vmin": lim[0], "vmax": lim[1]} if lim else {"vmin": 0, "vmax": 1}
+            ax.imshow(img, cmap=cmap, **kwargs)
+            ax.set_title(text, fontsize=8, color="crimson" if text.startswith("pred") and
+                         int(adv_pred[i]) != int(labels[i]) and ax is axes[i][2] else "black")
+            ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _hwc(img: Tensor, bounds: tuple[float, float]):
+    lo, hi = bounds
+    img = ((img - lo) / (hi - lo)).clamp(0, 1)
+    return img[0].numpy() if img.shape[0] == 1 else img.permute(1, 2, 0).numpy()
+
+
+def confidence(logits: Tensor) -> Tensor:
+    """Softmax probability of the predicted class."""
+    return torch.softmax(logits.float(), 1).amax(1)
