@@ -31,8 +31,9 @@ def blobs() -> tuple[torch.Tensor, torch.Tensor]:
 def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run ``python -m squiggles ARGS`` in a subprocess, as a user would."""
     full_env = dict(os.environ, **(env or {}))
-    return subprocess.run([sys.executable, "-m", "squiggles", *args], capture_output=True, text=True,
-                          env=full_env, cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "squiggles", *args], capture_output=True, text=True, env=full_env, cwd=cwd, timeout=300
+    )
 
 
 @pytest.fixture(scope="session")

@@ -74,8 +74,9 @@ def test_succeeds_on_an_easy_model(name, norm):
         model.weight.copy_(torch.tensor([[1.0, 1, 1, 1, 1, 1], [-1.0, -1, -1, -1, -1, -1]]))
         model.bias.copy_(torch.tensor([-3.2, 3.2]))
     x = torch.full((8, 6), 0.55)
-    res = ATTACKS[name](model, x, torch.zeros(8, dtype=torch.long), make_threat(norm, _eps(norm, 2.0)),
-                        **_options(name))
+    res = ATTACKS[name](
+        model, x, torch.zeros(8, dtype=torch.long), make_threat(norm, _eps(norm, 2.0)), **_options(name)
+    )
     assert res.success.all(), f"{name} failed on an easy model: {res.success.tolist()}"
 
 
@@ -125,8 +126,15 @@ class _Overshoot(nn.Module):
 
 
 def test_pgd_returns_the_best_iterate_not_the_last():
-    res = ATTACKS["pgd"](_Overshoot(), torch.zeros(1, 1), torch.tensor([0]), Linf(1.0, bounds=(-5.0, 5.0)),
-                         steps=2, step_size=0.3, random_start=False)
+    res = ATTACKS["pgd"](
+        _Overshoot(),
+        torch.zeros(1, 1),
+        torch.tensor([0]),
+        Linf(1.0, bounds=(-5.0, 5.0)),
+        steps=2,
+        step_size=0.3,
+        random_start=False,
+    )
     assert res.success.item()
     assert res.x_adv.item() == pytest.approx(0.3)
 
@@ -141,15 +149,20 @@ def _linear_problem(k: int = 3):
     with torch.no_grad():
         logits = model(x)
     y = logits.argmax(1)
-    w, b = model.weight.detach(), model.bias.detach()
+    w = model.weight.detach()
     dists = {}
     for p, dual in (("l2", 2), ("linf", 1)):
         per_class = []
         for j in range(k):
             dw = w[y] - w[j]
-            gap = (logits.gather(1, y[:, None]).squeeze(1) - logits[:, j])
-            per_class.append(torch.where(torch.arange(k)[None, :].expand(20, k)[:, j] == y,
-                                         torch.full_like(gap, math.inf), gap / dw.norm(p=dual, dim=1)))
+            gap = logits.gather(1, y[:, None]).squeeze(1) - logits[:, j]
+            per_class.append(
+                torch.where(
+                    torch.arange(k)[None, :].expand(20, k)[:, j] == y,
+                    torch.full_like(gap, math.inf),
+                    gap / dw.norm(p=dual, dim=1),
+                )
+            )
         dists[p] = torch.stack(per_class, 1).amin(1)
     return model, x, y, dists
 
@@ -160,9 +173,11 @@ def test_pgd_on_a_linear_model_breaks_just_above_the_closed_form_distance(norm):
     model, x, y, dists = _linear_problem(k=2)
     d = dists[norm]
     cls = Linf if norm == "linf" else L2
-    above = ATTACKS["pgd"](model, x, y, cls(d * 1.01, bounds=(-50.0, 50.0)), steps=100, random_start=False,
-                           loss="margin")
-    below = ATTACKS["pgd"](model, x, y, cls(d * 0.99, bounds=(-50.0, 50.0)), steps=100, random_start=False,
-                           loss="margin")
+    above = ATTACKS["pgd"](
+        model, x, y, cls(d * 1.01, bounds=(-50.0, 50.0)), steps=100, random_start=False, loss="margin"
+    )
+    below = ATTACKS["pgd"](
+        model, x, y, cls(d * 0.99, bounds=(-50.0, 50.0)), steps=100, random_start=False, loss="margin"
+    )
     assert above.success.all()
     assert not below.success.any()

@@ -12,8 +12,9 @@ from squiggles.models import build_model
 
 
 def _card(**kw):
-    return ModelCard(arch="small-cnn", arch_kwargs={"in_shape": [1, 8, 8], "num_classes": 10}, dataset="digits",
-                     seed=3, **kw)
+    return ModelCard(
+        arch="small-cnn", arch_kwargs={"in_shape": [1, 8, 8], "num_classes": 10}, dataset="digits", seed=3, **kw
+    )
 
 
 def test_save_load_round_trip_gives_identical_outputs(tmp_path):

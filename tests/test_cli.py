@@ -25,8 +25,20 @@ def test_version_and_help():
 
 def test_train_on_digits_writes_a_loadable_model(tmp_path):
     out = tmp_path / "run"
-    res = run_cli("train", "--model", "small-cnn", "--dataset", "digits", "--epochs", "4", "--lr", "0.01",
-                  "--out", str(out), "--quiet")
+    res = run_cli(
+        "train",
+        "--model",
+        "small-cnn",
+        "--dataset",
+        "digits",
+        "--epochs",
+        "4",
+        "--lr",
+        "0.01",
+        "--out",
+        str(out),
+        "--quiet",
+    )
     assert res.returncode == 0, res.stderr
     assert "test accuracy" in res.stdout
     card = json.loads((out / "card.json").read_text())
@@ -39,17 +51,44 @@ def test_train_on_digits_writes_a_loadable_model(tmp_path):
 
     again = run_cli("train", "--dataset", "digits", "--out", str(out), "--quiet")
     assert again.returncode == 2 and "already holds" in again.stderr
-    changed = run_cli("train", "--model", "small-cnn", "--dataset", "digits", "--epochs", "5", "--lr", "0.01", "--out", str(out),
-                      "--resume", "--quiet")
+    changed = run_cli(
+        "train",
+        "--model",
+        "small-cnn",
+        "--dataset",
+        "digits",
+        "--epochs",
+        "5",
+        "--lr",
+        "0.01",
+        "--out",
+        str(out),
+        "--resume",
+        "--quiet",
+    )
     assert changed.returncode == 2 and "different settings (epochs)" in changed.stderr
 
 
 def test_users_own_model_and_tensors(tmp_path):
     data = load_dataset("digits", "train")
     np.savez(tmp_path / "mine.npz", x=data.x.numpy(), y=data.y.numpy())
-    res = run_cli("train", "--model", "tests.user_model:make_net", "--model-arg", "width=16",
-                  "--dataset", str(tmp_path / "mine.npz"), "--epochs", "3", "--lr", "0.01",
-                  "--out", str(tmp_path / "run"), "--quiet", cwd=ROOT)
+    res = run_cli(
+        "train",
+        "--model",
+        "tests.user_model:make_net",
+        "--model-arg",
+        "width=16",
+        "--dataset",
+        str(tmp_path / "mine.npz"),
+        "--epochs",
+        "3",
+        "--lr",
+        "0.01",
+        "--out",
+        str(tmp_path / "run"),
+        "--quiet",
+        cwd=ROOT,
+    )
     assert res.returncode == 0, res.stderr
     card = json.loads((tmp_path / "run" / "card.json").read_text())
     assert card["arch"] == "tests.user_model:make_net" and card["arch_kwargs"] == {"width": 16}
@@ -57,16 +96,19 @@ def test_users_own_model_and_tensors(tmp_path):
     assert load_model(tmp_path / "run")(torch.zeros(1, 1, 8, 8)).shape == (1, 10)
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["train", "--model", "resnet", "--out", "X"], "unknown model 'resnet'; choose one of: madry-cnn"),
-    (["train", "--dataset", "cifar", "--out", "X"], "unknown dataset 'cifar'; choose one of: mnist, fashion-mnist"),
-    (["train", "--epochs", "-2", "--out", "X"], "--epochs: must be a positive integer"),
-    (["train", "--lr", "abc", "--out", "X"], "not a valid float"),
-    (["train", "--dataset", "missing.npz", "--out", "X"], "missing.npz"),
-    (["train", "--dataset", "digits", "--out", "X", "--resume"], "no checkpoint"),
-    (["train", "--dataset", "digits", "--model-arg", "oops", "--out", "X"], "KEY=VALUE"),
-    (["data", "info", "cifar"], "cifar"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--model", "resnet", "--out", "X"], "unknown model 'resnet'; choose one of: madry-cnn"),
+        (["train", "--dataset", "cifar", "--out", "X"], "unknown dataset 'cifar'; choose one of: mnist, fashion-mnist"),
+        (["train", "--epochs", "-2", "--out", "X"], "--epochs: must be a positive integer"),
+        (["train", "--lr", "abc", "--out", "X"], "not a valid float"),
+        (["train", "--dataset", "missing.npz", "--out", "X"], "missing.npz"),
+        (["train", "--dataset", "digits", "--out", "X", "--resume"], "no checkpoint"),
+        (["train", "--dataset", "digits", "--model-arg", "oops", "--out", "X"], "KEY=VALUE"),
+        (["data", "info", "cifar"], "cifar"),
+    ],
+)
 def test_bad_arguments_exit_2_with_one_clear_line(tmp_path, args, message):
     args = [str(tmp_path / a) if a == "X" else a for a in args]
     res = run_cli(*args, cwd=tmp_path)

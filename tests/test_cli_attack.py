@@ -14,13 +14,41 @@ from tests.conftest import run_cli
 
 def test_attack_writes_examples_summary_and_picture(digits_model, tmp_path):
     out = tmp_path / "adv"
-    res = run_cli("attack", "--model", str(digits_model), "--dataset", "digits", "--n", "60", "--attack", "pgd",
-                  "--norm", "linf", "--eps", "0.2", "--steps", "10", "--batch-size", "25", "--out", str(out),
-                  "--quiet")
+    res = run_cli(
+        "attack",
+        "--model",
+        str(digits_model),
+        "--dataset",
+        "digits",
+        "--n",
+        "60",
+        "--attack",
+        "pgd",
+        "--norm",
+        "linf",
+        "--eps",
+        "0.2",
+        "--steps",
+        "10",
+        "--batch-size",
+        "25",
+        "--out",
+        str(out),
+        "--quiet",
+    )
     assert res.returncode == 0, res.stderr
     summary = json.loads((out / "summary.json").read_text())
-    for key in ("success_rate", "robust_accuracy", "median_norm", "mean_norm", "forwards", "backwards",
-                "wall_time_s", "model_card", "versions"):
+    for key in (
+        "success_rate",
+        "robust_accuracy",
+        "median_norm",
+        "mean_norm",
+        "forwards",
+        "backwards",
+        "wall_time_s",
+        "model_card",
+        "versions",
+    ):
         assert key in summary
     assert summary["n"] == 60 and summary["config"]["steps"] == 10
     assert summary["clean_accuracy"] > 0.8
@@ -39,20 +67,41 @@ def test_attack_writes_examples_summary_and_picture(digits_model, tmp_path):
 
 
 def test_targeted_attack_from_the_cli(digits_model, tmp_path):
-    res = run_cli("attack", "--model", str(digits_model), "--dataset", "digits", "--n", "20", "--attack", "pgd",
-                  "--norm", "l2", "--eps", "3", "--targeted", "next", "--out", str(tmp_path / "t"), "--quiet")
+    res = run_cli(
+        "attack",
+        "--model",
+        str(digits_model),
+        "--dataset",
+        "digits",
+        "--n",
+        "20",
+        "--attack",
+        "pgd",
+        "--norm",
+        "l2",
+        "--eps",
+        "3",
+        "--targeted",
+        "next",
+        "--out",
+        str(tmp_path / "t"),
+        "--quiet",
+    )
     assert res.returncode == 0, res.stderr
     tensors = load_file(str(tmp_path / "t" / "adversarial.safetensors"))
     assert torch.equal(tensors["targets"], (tensors["y"] + 1) % 10)
     assert torch.equal(tensors["success"], tensors["pred"] == tensors["targets"])
 
 
-@pytest.mark.parametrize(("extra", "message"), [
-    (["--attack", "nope", "--eps", "0.1"], "unknown attack 'nope'; choose one of: fgsm"),
-    (["--attack", "pgd"], "--eps is required"),
-    (["--attack", "pgd", "--eps", "-0.1"], "--eps: must be >= 0"),
-    (["--attack", "fgsm", "--eps", "0.1", "--steps", "5"], "has no option --steps"),
-])
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--attack", "nope", "--eps", "0.1"], "unknown attack 'nope'; choose one of: fgsm"),
+        (["--attack", "pgd"], "--eps is required"),
+        (["--attack", "pgd", "--eps", "-0.1"], "--eps: must be >= 0"),
+        (["--attack", "fgsm", "--eps", "0.1", "--steps", "5"], "has no option --steps"),
+    ],
+)
 def test_attack_bad_arguments(digits_model, tmp_path, extra, message):
     res = run_cli("attack", "--model", str(digits_model), "--dataset", "digits", "--out", str(tmp_path / "o"), *extra)
     assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr

@@ -23,9 +23,14 @@ def test_targeted_success_and_target_equal_label_is_an_error():
         resolve_goal(Targeted(torch.tensor([0, 2]), labels=torch.tensor([0, 1])), LOGITS)
 
 
-@pytest.mark.parametrize(("labels", "message"), [
-    (torch.tensor([0, 9]), r"lie in \[0, 3\]"), (torch.tensor([0]), "shape"), (torch.tensor([0.0, 1.0]), "integer"),
-])
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        (torch.tensor([0, 9]), r"lie in \[0, 3\]"),
+        (torch.tensor([0]), "shape"),
+        (torch.tensor([0.0, 1.0]), "integer"),
+    ],
+)
 def test_bad_labels_are_refused(labels, message):
     with pytest.raises(SquigglesError, match=message):
         resolve_goal(Untargeted(labels), LOGITS)

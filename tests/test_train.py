@@ -81,10 +81,15 @@ def test_sgd_and_step_schedule(blobs, tmp_path):
     assert result.history[-1].lr == pytest.approx(0.001)
 
 
-@pytest.mark.parametrize(("field", "value", "message"), [
-    ("epochs", 0, "epochs must be >= 1"), ("lr", -1.0, "learning rate"), ("optimizer", "rmsprop", "adam, sgd"),
-    ("schedule", "cosine", "onecycle, step, constant"),
-])
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("epochs", 0, "epochs must be >= 1"),
+        ("lr", -1.0, "learning rate"),
+        ("optimizer", "rmsprop", "adam, sgd"),
+        ("schedule", "cosine", "onecycle, step, constant"),
+    ],
+)
 def test_bad_config_is_refused(blobs, tmp_path, field, value, message):
     x, y = blobs
     with pytest.raises(SquigglesError, match=message):

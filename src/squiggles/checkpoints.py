@@ -64,7 +64,9 @@ class ModelCard:
         return card
 
 
-def save_model(model: nn.Module, directory: str | Path, card: ModelCard | dict[str, Any], *, overwrite: bool = False) -> Path:
+def save_model(
+    model: nn.Module, directory: str | Path, card: ModelCard | dict[str, Any], *, overwrite: bool = False
+) -> Path:
     """Write ``model.safetensors`` and ``card.json`` into ``directory`` (atomically, file by file).
 
     Refuses to replace an existing model unless ``overwrite=True``, so nothing a user had is lost.
@@ -83,7 +85,9 @@ def read_card(directory: str | Path) -> ModelCard:
     """Read and validate ``card.json`` of a saved model."""
     path = Path(directory) / CARD
     if not path.exists():
-        raise ModelError(f"no {CARD} in {str(directory)!r}: not a squiggles model folder (train one with `squiggles train`)")
+        raise ModelError(
+            f"no {CARD} in {str(directory)!r}: not a squiggles model folder (train one with `squiggles train`)"
+        )
     try:
         return ModelCard.from_dict(json.loads(path.read_text()))
     except (json.JSONDecodeError, TypeError) as exc:

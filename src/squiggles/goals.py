@@ -69,7 +69,9 @@ def as_goal(y_or_goal: GoalLike) -> Goal:
         return y_or_goal
     if isinstance(y_or_goal, Tensor):
         return Untargeted(y_or_goal)
-    raise SquigglesError(f"expected labels (a tensor), None, Untargeted(...) or Targeted(...), got {type(y_or_goal).__name__}")
+    raise SquigglesError(
+        f"expected labels (a tensor), None, Untargeted(...) or Targeted(...), got {type(y_or_goal).__name__}"
+    )
 
 
 def resolve_goal(goal: Goal, clean_logits: Tensor) -> ResolvedGoal:
@@ -84,8 +86,10 @@ def resolve_goal(goal: Goal, clean_logits: Tensor) -> ResolvedGoal:
         targets = _check_classes("targets", goal.targets, n, k, device)
         if goal.labels is not None and (targets == labels).any():
             bad = int((targets == labels).sum())
-            raise SquigglesError(f"{bad} target(s) equal the true label; a targeted attack needs a different class "
-                                 "(use random_other, least_likely or next_class to pick targets)")
+            raise SquigglesError(
+                f"{bad} target(s) equal the true label; a targeted attack needs a different class "
+                "(use random_other, least_likely or next_class to pick targets)"
+            )
         return ResolvedGoal(labels, targets, source)
     return ResolvedGoal(labels, None, source)
 
@@ -97,8 +101,10 @@ def _check_classes(what: str, t: Tensor, n: int, k: int, device: torch.device) -
     if t.dtype.is_floating_point or t.dtype == torch.bool:
         raise SquigglesError(f"{what} must be integer class indices, got dtype {t.dtype}")
     if n and (t.min() < 0 or t.max() >= k):
-        raise SquigglesError(f"{what} must lie in [0, {k - 1}] for a model with {k} outputs; "
-                             f"got values from {int(t.min())} to {int(t.max())}")
+        raise SquigglesError(
+            f"{what} must lie in [0, {k - 1}] for a model with {k} outputs; "
+            f"got values from {int(t.min())} to {int(t.max())}"
+        )
     return t.long()
 
 

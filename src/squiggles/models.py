@@ -72,8 +72,12 @@ def madry_cnn(in_shape: Shape = (1, 28, 28), num_classes: int = 10, mean: Any = 
     """Madry et al. 2017 (arXiv 1706.06083) MNIST net: conv32 5x5, pool, conv64 5x5, pool, fc1024, fc10."""
     features = nn.Sequential(
         *_prefix(mean, std),
-        nn.Conv2d(in_shape[0], 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(in_shape[0], 32, 5, padding=2),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 5, padding=2),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
         nn.Flatten(),
     )
     n = _flat_size(features, in_shape)
@@ -84,8 +88,10 @@ def small_cnn(in_shape: Shape = (1, 28, 28), num_classes: int = 10, mean: Any = 
     """Wong et al. 2020 (arXiv 2001.03994) fast-training MNIST net: conv16 4x4/2, conv32 4x4/2, fc100, fc10."""
     features = nn.Sequential(
         *_prefix(mean, std),
-        nn.Conv2d(in_shape[0], 16, 4, stride=2, padding=1), nn.ReLU(),
-        nn.Conv2d(16, 32, 4, stride=2, padding=1), nn.ReLU(),
+        nn.Conv2d(in_shape[0], 16, 4, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 4, stride=2, padding=1),
+        nn.ReLU(),
         nn.Flatten(),
     )
     n = _flat_size(features, in_shape)
@@ -98,24 +104,36 @@ def trades_cnn(
     """Zhang et al. 2019 (arXiv 1901.08573) TRADES SmallCNN: four 3x3 convs, two pools, fc200, fc200, fc10."""
     features = nn.Sequential(
         *_prefix(mean, std),
-        nn.Conv2d(in_shape[0], 32, 3), nn.ReLU(),
-        nn.Conv2d(32, 32, 3), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3), nn.ReLU(),
-        nn.Conv2d(64, 64, 3), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(in_shape[0], 32, 3),
+        nn.ReLU(),
+        nn.Conv2d(32, 32, 3),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3),
+        nn.ReLU(),
+        nn.Conv2d(64, 64, 3),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
         nn.Flatten(),
     )
     n = _flat_size(features, in_shape)
     return nn.Sequential(
         *features,
-        nn.Linear(n, 200), nn.ReLU(), nn.Dropout(dropout),
-        nn.Linear(200, 200), nn.ReLU(),
+        nn.Linear(n, 200),
+        nn.ReLU(),
+        nn.Dropout(dropout),
+        nn.Linear(200, 200),
+        nn.ReLU(),
         nn.Linear(200, num_classes),
     )
 
 
 def mlp(
-    in_shape: Shape = (1, 28, 28), num_classes: int = 10, hidden: Sequence[int] = (256, 256),
-    mean: Any = None, std: Any = None,
+    in_shape: Shape = (1, 28, 28),
+    num_classes: int = 10,
+    hidden: Sequence[int] = (256, 256),
+    mean: Any = None,
+    std: Any = None,
 ) -> nn.Module:
     """A ReLU multilayer perceptron on the flattened input; works for any input shape."""
     layers: list[nn.Module] = [*_prefix(mean, std), nn.Flatten()]

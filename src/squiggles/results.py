@@ -19,14 +19,14 @@ class AttackResult:
 
     attack: str
     x_adv: Tensor
-    success: Tensor          # bool, per example: the goal is met on x_adv
-    pred: Tensor             # the model's label on x_adv
-    labels: Tensor           # true labels, or the clean predictions when none were given
-    clean_correct: Tensor    # bool: the clean input was classified as `labels`
-    norms: Tensor            # perturbation norm of x_adv - x in the threat model's norm
-    queries: Tensor          # forward evaluations spent on each example
-    forwards: int            # example-forward passes in total (batch size x calls)
-    backwards: int           # example-backward passes in total
+    success: Tensor  # bool, per example: the goal is met on x_adv
+    pred: Tensor  # the model's label on x_adv
+    labels: Tensor  # true labels, or the clean predictions when none were given
+    clean_correct: Tensor  # bool: the clean input was classified as `labels`
+    norms: Tensor  # perturbation norm of x_adv - x in the threat model's norm
+    queries: Tensor  # forward evaluations spent on each example
+    forwards: int  # example-forward passes in total (batch size x calls)
+    backwards: int  # example-backward passes in total
     threat: dict[str, Any]
     seed: int | None
     config: dict[str, Any] = field(default_factory=dict)
@@ -87,12 +87,22 @@ class AttackResult:
             return torch.cat([getattr(p, name) for p in parts])
 
         return AttackResult(
-            attack=first.attack, x_adv=join("x_adv"), success=join("success"), pred=join("pred"),
-            labels=join("labels"), clean_correct=join("clean_correct"), norms=join("norms"),
-            queries=join("queries"), forwards=sum(p.forwards for p in parts),
-            backwards=sum(p.backwards for p in parts), threat=_joined_threat(parts), seed=first.seed,
-            config=first.config, targets=join("targets") if first.targets is not None else None,
-            labels_source=first.labels_source, wall_time_s=sum(p.wall_time_s for p in parts),
+            attack=first.attack,
+            x_adv=join("x_adv"),
+            success=join("success"),
+            pred=join("pred"),
+            labels=join("labels"),
+            clean_correct=join("clean_correct"),
+            norms=join("norms"),
+            queries=join("queries"),
+            forwards=sum(p.forwards for p in parts),
+            backwards=sum(p.backwards for p in parts),
+            threat=_joined_threat(parts),
+            seed=first.seed,
+            config=first.config,
+            targets=join("targets") if first.targets is not None else None,
+            labels_source=first.labels_source,
+            wall_time_s=sum(p.wall_time_s for p in parts),
         )
 
 

@@ -112,7 +112,8 @@ def check_inputs(x: Any, threat: ThreatModel) -> Tensor:
     if len(x) and (x.min() < lo - tol or x.max() > hi + tol):
         raise SquigglesError(
             f"inputs range over [{x.min().item():.4g}, {x.max().item():.4g}] but the threat model's bounds are "
-            f"{threat.bounds}; attack raw inputs and put normalisation inside the model (squiggles.Normalize)")
+            f"{threat.bounds}; attack raw inputs and put normalisation inside the model (squiggles.Normalize)"
+        )
     return x.detach().clamp(lo, hi)
 
 
@@ -121,14 +122,23 @@ def check_logits(logits: Tensor, n: int) -> None:
         raise SquigglesError(f"the model must return logits shaped (N, classes); got {tuple(logits.shape)} for N={n}")
     if n and logits.shape[1] > 1 and (logits >= 0).all() and (logits <= 1).all():
         if torch.allclose(logits.sum(1), torch.ones_like(logits[:, 0]), atol=1e-3):
-            warnings.warn("the model's outputs look like probabilities (rows in [0, 1] summing to 1); attacks need "
-                          "logits: remove the final softmax, or gradients will vanish and robustness will look "
-                          "better than it is", stacklevel=3)
+            warnings.warn(
+                "the model's outputs look like probabilities (rows in [0, 1] summing to 1); attacks need "
+                "logits: remove the final softmax, or gradients will vanish and robustness will look "
+                "better than it is",
+                stacklevel=3,
+            )
 
 
 def run_attack(
-    name: str, core: Core, model: Callable[[Tensor], Tensor], x: Tensor, y_or_goal: GoalLike,
-    threat: ThreatModel, seed: Seed, config: dict[str, Any],
+    name: str,
+    core: Core,
+    model: Callable[[Tensor], Tensor],
+    x: Tensor,
+    y_or_goal: GoalLike,
+    threat: ThreatModel,
+    seed: Seed,
+    config: dict[str, Any],
 ) -> AttackResult:
     """Validate, run ``core`` under the attack contract, project, verify with a final forward pass."""
     start = time.perf_counter()
@@ -144,10 +154,21 @@ def run_attack(
         x_adv = threat.project(x_adv.detach(), x)
         logits = oracle.logits(x_adv)
     return AttackResult(
-        attack=name, x_adv=x_adv, success=goal.success(logits), pred=logits.argmax(1), labels=goal.labels,
-        clean_correct=clean_logits.argmax(1) == goal.labels, norms=threat.norm(x_adv - x),
-        queries=oracle.queries, forwards=oracle.forwards, backwards=oracle.backwards, threat=threat.describe(),
-        seed=seed_record, config=config, targets=goal.targets, labels_source=goal.labels_source,
+        attack=name,
+        x_adv=x_adv,
+        success=goal.success(logits),
+        pred=logits.argmax(1),
+        labels=goal.labels,
+        clean_correct=clean_logits.argmax(1) == goal.labels,
+        norms=threat.norm(x_adv - x),
+        queries=oracle.queries,
+        forwards=oracle.forwards,
+        backwards=oracle.backwards,
+        threat=threat.describe(),
+        seed=seed_record,
+        config=config,
+        targets=goal.targets,
+        labels_source=goal.labels_source,
         wall_time_s=time.perf_counter() - start,
     )
 

@@ -28,8 +28,15 @@ from squiggles.threat import ThreatModel
 
 
 def fgsm(
-    model: Callable[[Tensor], Tensor], x: Tensor, y_or_goal: GoalLike, threat: ThreatModel, *,
-    random_start: bool = False, step_size: float | None = None, loss: str = "ce", seed: Seed = 0,
+    model: Callable[[Tensor], Tensor],
+    x: Tensor,
+    y_or_goal: GoalLike,
+    threat: ThreatModel,
+    *,
+    random_start: bool = False,
+    step_size: float | None = None,
+    loss: str = "ce",
+    seed: Seed = 0,
 ) -> AttackResult:
     """One gradient step of size ``step_size`` (default ``eps``; ``1.25 eps`` with ``random_start``)."""
     loss_fn = get_loss(loss)

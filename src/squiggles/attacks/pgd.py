@@ -27,9 +27,19 @@ from squiggles.threat import ThreatModel
 
 
 def pgd(
-    model: Callable[[Tensor], Tensor], x: Tensor, y_or_goal: GoalLike, threat: ThreatModel, *,
-    steps: int = 40, step_size: float | None = None, rel_step_size: float = 2.5, loss: str | Loss = "ce",
-    random_start: bool = True, restarts: int = 1, early_stop: bool = False, seed: Seed = 0,
+    model: Callable[[Tensor], Tensor],
+    x: Tensor,
+    y_or_goal: GoalLike,
+    threat: ThreatModel,
+    *,
+    steps: int = 40,
+    step_size: float | None = None,
+    rel_step_size: float = 2.5,
+    loss: str | Loss = "ce",
+    random_start: bool = True,
+    restarts: int = 1,
+    early_stop: bool = False,
+    seed: Seed = 0,
 ) -> AttackResult:
     """PGD with ``steps`` steps of size ``step_size`` (default ``rel_step_size * eps / steps``).
 
@@ -44,23 +54,52 @@ def pgd(
         best = Best(x)
         idx = None
         for r in range(restarts):
-            pgd_run(oracle, x, goal, threat, best, idx, loss_fn, steps, step_size, rel_step_size,
-                    random_start or r > 0, early_stop, gen)
+            pgd_run(
+                oracle,
+                x,
+                goal,
+                threat,
+                best,
+                idx,
+                loss_fn,
+                steps,
+                step_size,
+                rel_step_size,
+                random_start or r > 0,
+                early_stop,
+                gen,
+            )
             idx = (~best.success).nonzero().flatten()
             if len(idx) == 0:
                 break
         return best.x
 
-    config = {"steps": steps, "step_size": step_size, "rel_step_size": rel_step_size,
-              "loss": loss if isinstance(loss, str) else getattr(loss, "__name__", "custom"),
-              "random_start": random_start, "restarts": restarts, "early_stop": early_stop}
+    config = {
+        "steps": steps,
+        "step_size": step_size,
+        "rel_step_size": rel_step_size,
+        "loss": loss if isinstance(loss, str) else getattr(loss, "__name__", "custom"),
+        "random_start": random_start,
+        "restarts": restarts,
+        "early_stop": early_stop,
+    }
     return run_attack("pgd", core, model, x, y_or_goal, threat, seed, config)
 
 
 def pgd_run(
-    oracle: Oracle, x_all: Tensor, goal_all: ResolvedGoal, threat_all: ThreatModel, best: Best,
-    idx: Tensor | None, loss_fn: Loss, steps: int, step_size: float | None, rel_step_size: float,
-    random_start: bool, early_stop: bool, gen: torch.Generator,
+    oracle: Oracle,
+    x_all: Tensor,
+    goal_all: ResolvedGoal,
+    threat_all: ThreatModel,
+    best: Best,
+    idx: Tensor | None,
+    loss_fn: Loss,
+    steps: int,
+    step_size: float | None,
+    rel_step_size: float,
+    random_start: bool,
+    early_stop: bool,
+    gen: torch.Generator,
 ) -> None:
     """One PGD run on the examples ``idx`` (all when None), writing the best iterates into ``best``.
 

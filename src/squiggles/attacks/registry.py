@@ -16,9 +16,9 @@ from squiggles.errors import SquigglesError
 @dataclass(frozen=True)
 class AttackSpec:
     name: str
-    target: str                       # "module:function", imported on first use
+    target: str  # "module:function", imported on first use
     norms: tuple[str, ...]
-    kind: str = "fixed"               # "fixed" budget or "minimal" norm
+    kind: str = "fixed"  # "fixed" budget or "minimal" norm
     uses_grad: bool = True
     defaults: dict[str, Any] = field(default_factory=dict)
     steps_option: str | None = "steps"  # the option that sets its iteration budget, if any
@@ -34,15 +34,36 @@ class AttackSpec:
 
 
 _A = "squiggles.attacks."
-ATTACKS: dict[str, AttackSpec] = {s.name: s for s in [
-    AttackSpec("fgsm", _A + "fgsm:fgsm", ("linf", "l2", "l1"), steps_option=None,
-               summary="one gradient step (Goodfellow et al. 2014)"),
-    AttackSpec("fgsm-rs", _A + "fgsm:fgsm", ("linf", "l2", "l1"), defaults={"random_start": True},
-               steps_option=None, summary="FGSM from a random start, step 1.25 eps (Wong et al. 2020)"),
-    AttackSpec("pgd", _A + "pgd:pgd", ("linf", "l2", "l1"), summary="projected gradient descent (Madry et al. 2017)"),
-    AttackSpec("pgd-margin", _A + "pgd:pgd", ("linf", "l2", "l1"), defaults={"loss": "margin"},
-               summary="PGD on the Carlini-Wagner margin loss"),
-]}
+ATTACKS: dict[str, AttackSpec] = {
+    s.name: s
+    for s in [
+        AttackSpec(
+            "fgsm",
+            _A + "fgsm:fgsm",
+            ("linf", "l2", "l1"),
+            steps_option=None,
+            summary="one gradient step (Goodfellow et al. 2014)",
+        ),
+        AttackSpec(
+            "fgsm-rs",
+            _A + "fgsm:fgsm",
+            ("linf", "l2", "l1"),
+            defaults={"random_start": True},
+            steps_option=None,
+            summary="FGSM from a random start, step 1.25 eps (Wong et al. 2020)",
+        ),
+        AttackSpec(
+            "pgd", _A + "pgd:pgd", ("linf", "l2", "l1"), summary="projected gradient descent (Madry et al. 2017)"
+        ),
+        AttackSpec(
+            "pgd-margin",
+            _A + "pgd:pgd",
+            ("linf", "l2", "l1"),
+            defaults={"loss": "margin"},
+            summary="PGD on the Carlini-Wagner margin loss",
+        ),
+    ]
+}
 
 
 def register(spec: AttackSpec) -> None:

@@ -12,41 +12,66 @@ from pathlib import Path
 from typing import Any
 
 from squiggles.cli.common import (
-    add_common, add_data_args, add_model_args, nonneg_float, positive_float, positive_int, resolve_data,
-    resolve_model, say,
+    add_common,
+    add_data_args,
+    add_model_args,
+    nonneg_float,
+    positive_float,
+    positive_int,
+    resolve_data,
+    resolve_model,
+    say,
 )
 from squiggles.errors import SquigglesError
 
 EXAMPLES = """examples:
-  squiggles attack --model runs/madry --dataset mnist --n 1000 --attack pgd --norm linf --eps 0.3 --steps 40 --out adv/pgd
+  squiggles attack --model runs/madry --dataset mnist --n 1000 --attack pgd --norm linf --eps 0.3 \\
+      --steps 40 --out adv/pgd
   squiggles attack --model runs/madry --attack apgd-ce --norm l2 --eps 2 --targeted next --out adv/targeted
   squiggles attack --model runs/madry --attack fmn --norm l2 --n 200 --out adv/minimal   # minimal norms
-  squiggles attack --model mypkg.nets:make --weights w.safetensors --dataset mine.npz --attack square --eps 0.1 --out adv/mine
+  squiggles attack --model mypkg.nets:make --weights w.safetensors --dataset mine.npz \\
+      --attack square --eps 0.1 --out adv/mine
 """
 
 # Command-line option -> attack keyword; passed only when given and only if the attack takes it.
-OPTIONS = {"steps": "steps", "step_size": "step_size", "restarts": "restarts", "loss": "loss",
-           "queries": "queries", "random_start": "random_start"}
+OPTIONS = {
+    "steps": "steps",
+    "step_size": "step_size",
+    "restarts": "restarts",
+    "loss": "loss",
+    "queries": "queries",
+    "random_start": "random_start",
+}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from squiggles.attacks.registry import ATTACKS
 
-    p = sub.add_parser("attack", help="run one attack; save adversarial examples, summary and picture",
-                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "attack",
+        help="run one attack; save adversarial examples, summary and picture",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_model_args(p)
     add_data_args(p)
     p.add_argument("--attack", default="pgd", help=f"one of: {', '.join(ATTACKS)} (default: pgd)")
     p.add_argument("--norm", default="linf", choices=("linf", "l2", "l1"))
-    p.add_argument("--eps", type=nonneg_float,
-                   help="budget (required for fixed-budget attacks; minimal-norm attacks default to unbounded)")
+    p.add_argument(
+        "--eps",
+        type=nonneg_float,
+        help="budget (required for fixed-budget attacks; minimal-norm attacks default to unbounded)",
+    )
     p.add_argument("--steps", type=positive_int)
     p.add_argument("--step-size", type=positive_float)
     p.add_argument("--restarts", type=positive_int)
     p.add_argument("--loss", choices=("ce", "margin", "dlr"))
     p.add_argument("--queries", type=positive_int, help="query budget of a black-box attack")
-    p.add_argument("--targeted", choices=("random", "next", "least-likely"),
-                   help="make it a targeted attack, choosing targets this way")
+    p.add_argument(
+        "--targeted",
+        choices=("random", "next", "least-likely"),
+        help="make it a targeted attack, choosing targets this way",
+    )
     p.add_argument("--batch-size", type=positive_int, default=250)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier result in --out")
@@ -79,8 +104,10 @@ def run(args: argparse.Namespace) -> int:
     result = _run_batches(spec, model, data, threat, kwargs, args, gen, device)
     _write_outputs(out, result, data, model, args, card, spec.name)
     s = result.summary()
-    print(f"{spec.name} {args.norm} eps={eps:g}: clean accuracy {s['clean_accuracy']:.4f}, robust accuracy "
-          f"{s['robust_accuracy']:.4f}, success rate {s['success_rate']:.4f} on {s['n']} points -> {out}")
+    print(
+        f"{spec.name} {args.norm} eps={eps:g}: clean accuracy {s['clean_accuracy']:.4f}, robust accuracy "
+        f"{s['robust_accuracy']:.4f}, success rate {s['success_rate']:.4f} on {s['n']} points -> {out}"
+    )
     return 0
 
 
@@ -118,8 +145,16 @@ def _targets(args: argparse.Namespace, model: Any, x: Any, y: Any, num_classes: 
     return Targeted(t, labels=y) if not (t == y).any() else Targeted(next_class(y, num_classes), labels=y)
 
 
-def _run_batches(spec: Any, model: Any, data: Any, threat: Any, kwargs: dict[str, Any], args: argparse.Namespace,
-                 gen: Any, device: Any) -> Any:
+def _run_batches(
+    spec: Any,
+    model: Any,
+    data: Any,
+    threat: Any,
+    kwargs: dict[str, Any],
+    args: argparse.Namespace,
+    gen: Any,
+    device: Any,
+) -> Any:
     from tqdm.auto import tqdm
 
     from squiggles.results import AttackResult
@@ -134,27 +169,56 @@ def _run_batches(spec: Any, model: Any, data: Any, threat: Any, kwargs: dict[str
     return AttackResult.cat(parts)
 
 
-def _write_outputs(out: Path, result: Any, data: Any, model: Any, args: argparse.Namespace, card: dict[str, Any],
-                   name: str) -> None:
+def _write_outputs(
+    out: Path, result: Any, data: Any, model: Any, args: argparse.Namespace, card: dict[str, Any], name: str
+) -> None:
     from squiggles._io import versions, write_json, write_safetensors
     from squiggles.report.figures import attack_grid, confidence, is_image_batch
     from squiggles.runtime import predict
 
-    tensors = {"x_adv": result.x_adv, "y": result.labels, "pred": result.pred, "success": result.success,
-               "norms": result.norms, "queries": result.queries}
+    tensors = {
+        "x_adv": result.x_adv,
+        "y": result.labels,
+        "pred": result.pred,
+        "success": result.success,
+        "norms": result.norms,
+        "queries": result.queries,
+    }
     if result.targets is not None:
         tensors["targets"] = result.targets
     write_safetensors(out / "adversarial.safetensors", tensors)
-    summary = {**result.summary(), "dataset": args.dataset, "split": args.split, "model": args.model,
-               "model_card": card, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-               "versions": versions(), "files": ["adversarial.safetensors"]}
+    summary = {
+        **result.summary(),
+        "dataset": args.dataset,
+        "split": args.split,
+        "model": args.model,
+        "model_card": card,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "versions": versions(),
+        "files": ["adversarial.safetensors"],
+    }
     if is_image_batch(data.x):
         k = 8
         clean, adv = data.x[:k], result.x_adv[:k].cpu()
-        attack_grid(out / "examples.png", clean, adv, predict(model, clean).argmax(1), result.pred[:k].cpu(),
-                    confidence(predict(model, adv)), result.labels[:k].cpu(), data.bounds,
-                    title=f"{name} {args.norm} eps={result.threat['eps']}")
+        attack_grid(
+            out / "examples.png",
+            clean,
+            adv,
+            predict(model, clean).argmax(1),
+            result.pred[:k].cpu(),
+            confidence(predict(model, adv)),
+            result.labels[:k].cpu(),
+            data.bounds,
+            title=f"{name} {args.norm} eps={result.threat['eps']}",
+        )
         summary["files"].append("examples.png")
     write_json(out / "summary.json", summary)
-    say(args, json.dumps({k: summary[k] for k in ("robust_accuracy", "success_rate", "median_norm",
-                                                    "forwards", "backwards", "wall_time_s")}))
+    say(
+        args,
+        json.dumps(
+            {
+                k: summary[k]
+                for k in ("robust_accuracy", "success_rate", "median_norm", "forwards", "backwards", "wall_time_s")
+            }
+        ),
+    )

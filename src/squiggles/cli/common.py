@@ -76,10 +76,15 @@ def say(args: argparse.Namespace, message: str) -> None:
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True,
-                        help="a model folder (model.safetensors + card.json), or your own package.module:factory")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="a model folder (model.safetensors + card.json), or your own package.module:factory",
+    )
     parser.add_argument("--weights", help="weights (.safetensors) for a package.module:factory model")
-    parser.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="argument for your factory (repeatable)")
+    parser.add_argument(
+        "--model-arg", action="append", metavar="KEY=VALUE", help="argument for your factory (repeatable)"
+    )
 
 
 def resolve_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
@@ -98,16 +103,25 @@ def resolve_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         model = load_user_model(args.model, args.weights, **kwargs)
         return model, {"arch": args.model, "arch_kwargs": kwargs, "weights": args.weights}
     if not Path(args.model).exists():
-        raise SquigglesError(f"--model {args.model!r}: no such folder (give a folder written by `squiggles train`, "
-                             "or package.module:factory with --weights)")
+        raise SquigglesError(
+            f"--model {args.model!r}: no such folder (give a folder written by `squiggles train`, "
+            "or package.module:factory with --weights)"
+        )
     return load_model(args.model), read_card(args.model).to_dict()
 
 
 def add_data_args(parser: argparse.ArgumentParser, split: str = "test") -> None:
-    parser.add_argument("--dataset", default="mnist",
-                        help="mnist, fashion-mnist, digits, spheres, or a .npz/.safetensors file with x and y")
-    parser.add_argument("--split", default=split, choices=("train", "val", "trainval", "test"),
-                        help=f"split of a built-in dataset (default: {split})")
+    parser.add_argument(
+        "--dataset",
+        default="mnist",
+        help="mnist, fashion-mnist, digits, spheres, or a .npz/.safetensors file with x and y",
+    )
+    parser.add_argument(
+        "--split",
+        default=split,
+        choices=("train", "val", "trainval", "test"),
+        help=f"split of a built-in dataset (default: {split})",
+    )
     parser.add_argument("--n", type=positive_int, help="use only the first N points")
     parser.add_argument("--data-dir", help="folder with the dataset's files, when they cannot be fetched")
 
@@ -125,6 +139,7 @@ def resolve_data(args: argparse.Namespace) -> Any:
     elif name in DATASETS:
         data = load_dataset(name, args.split, data_dir=args.data_dir, progress=not getattr(args, "quiet", False))
     else:
-        raise SquigglesError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)} "
-                             "(or a .npz/.safetensors file with x and y)")
+        raise SquigglesError(
+            f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)} (or a .npz/.safetensors file with x and y)"
+        )
     return data.subset(min(args.n, len(data))) if args.n else data

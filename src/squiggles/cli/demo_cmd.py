@@ -22,8 +22,11 @@ def run(args: argparse.Namespace) -> int:
     say(args, f"training small-cnn on {args.dataset} for {args.epochs} epoch(s) -> {args.out}")
     config = TrainConfig(arch="small-cnn", dataset=args.dataset, epochs=args.epochs, seed=args.seed)
     # The demo folder is the demo's own: it is rewritten on every run.
-    result, out = train_model(config, args.out, device=args.device, overwrite=True, progress=not args.quiet,
-                              log=lambda m: say(args, m))
-    print(f"small-cnn on {args.dataset}: test accuracy {100 * result.test_acc:.2f}% "
-          f"after {len(result.history)} epoch(s) in {result.wall_time_s:.1f}s (model in {out})")
+    result, out = train_model(
+        config, args.out, device=args.device, overwrite=True, progress=not args.quiet, log=lambda m: say(args, m)
+    )
+    print(
+        f"small-cnn on {args.dataset}: test accuracy {100 * result.test_acc:.2f}% "
+        f"after {len(result.history)} epoch(s) in {result.wall_time_s:.1f}s (model in {out})"
+    )
     return 0

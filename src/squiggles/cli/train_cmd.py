@@ -22,14 +22,29 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     from squiggles.train.methods import METHODS
     from squiggles.train.schedule import SCHEDULES
 
-    p = sub.add_parser("train", help="train a model and save weights + card", epilog=EXAMPLES,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="small-cnn",
-                   help=f"architecture: {', '.join(MODELS)}, or your own package.module:factory (default: small-cnn)")
-    p.add_argument("--model-arg", action="append", metavar="KEY=VALUE",
-                   help="extra argument for the model factory, e.g. hidden=[64,64] (repeatable)")
+    p = sub.add_parser(
+        "train",
+        help="train a model and save weights + card",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--model",
+        default="small-cnn",
+        help=f"architecture: {', '.join(MODELS)}, or your own package.module:factory (default: small-cnn)",
+    )
+    p.add_argument(
+        "--model-arg",
+        action="append",
+        metavar="KEY=VALUE",
+        help="extra argument for the model factory, e.g. hidden=[64,64] (repeatable)",
+    )
     p.add_argument("--weights", help="initial weights (.safetensors) to start from")
-    p.add_argument("--dataset", default="mnist", help="mnist, fashion-mnist, digits, spheres, or a .npz/.safetensors file with x and y")
+    p.add_argument(
+        "--dataset",
+        default="mnist",
+        help="mnist, fashion-mnist, digits, spheres, or a .npz/.safetensors file with x and y",
+    )
     p.add_argument("--test-data", help="your own test set (.npz/.safetensors); default: the dataset's test split")
     p.add_argument("--data-dir", help="folder with the dataset's files, when they cannot be fetched")
     p.add_argument("--out", required=True, help="output folder for model.safetensors, card.json and the checkpoint")
@@ -41,7 +56,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--momentum", type=nonneg_float, default=0.9, help="SGD momentum (default: 0.9)")
     p.add_argument("--weight-decay", type=nonneg_float, default=0.0)
     p.add_argument("--schedule", choices=SCHEDULES, default="onecycle")
-    p.add_argument("--milestones", type=positive_int, nargs="*", default=[], help="epochs where 'step' divides lr by 10")
+    p.add_argument(
+        "--milestones", type=positive_int, nargs="*", default=[], help="epochs where 'step' divides lr by 10"
+    )
     p.add_argument("--eval-n", type=positive_int, help="evaluate on only the first N test points each epoch")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     p.add_argument("--overwrite", action="store_true", help="replace a model already in --out")
@@ -54,21 +71,41 @@ def run(args: argparse.Namespace) -> int:
 
     check_names(args.model, args.dataset)
     config = TrainConfig(
-        arch=args.model, dataset=args.dataset, method=args.method, epochs=args.epochs, batch_size=args.batch_size,
-        optimizer=args.optimizer, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
-        schedule=args.schedule, milestones=list(args.milestones), seed=args.seed, eval_n=args.eval_n,
+        arch=args.model,
+        dataset=args.dataset,
+        method=args.method,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        schedule=args.schedule,
+        milestones=list(args.milestones),
+        seed=args.seed,
+        eval_n=args.eval_n,
     )
     try:
         arch_kwargs = key_values(args.model_arg)
     except argparse.ArgumentTypeError as exc:
         raise SquigglesError(f"--model-arg: {exc}") from None
     result, out = train_model(
-        config, args.out, test_dataset=args.test_data, data_dir=args.data_dir, arch_kwargs=arch_kwargs,
-        init_weights=args.weights, device=args.device, resume=args.resume, overwrite=args.overwrite,
-        progress=not args.quiet, log=lambda m: say(args, m),
+        config,
+        args.out,
+        test_dataset=args.test_data,
+        data_dir=args.data_dir,
+        arch_kwargs=arch_kwargs,
+        init_weights=args.weights,
+        device=args.device,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        log=lambda m: say(args, m),
     )
-    print(f"test accuracy {result.test_acc:.4f} after {len(result.history)} epochs "
-          f"({result.wall_time_s:.1f}s); saved to {out}")
+    print(
+        f"test accuracy {result.test_acc:.4f} after {len(result.history)} epochs "
+        f"({result.wall_time_s:.1f}s); saved to {out}"
+    )
     return 0
 
 
@@ -78,9 +115,12 @@ def check_names(model: str, dataset: str) -> None:
     from squiggles.models import MODELS, is_import_path
 
     if not is_import_path(model) and model not in MODELS:
-        raise SquigglesError(f"unknown model {model!r}; choose one of: {', '.join(MODELS)} "
-                             "(or your own package.module:factory)")
+        raise SquigglesError(
+            f"unknown model {model!r}; choose one of: {', '.join(MODELS)} (or your own package.module:factory)"
+        )
     is_file = dataset.endswith((".npz", ".safetensors")) or Path(dataset).is_file()
     if not is_file and dataset not in DATASETS:
-        raise SquigglesError(f"unknown dataset {dataset!r}; choose one of: {', '.join(DATASETS)} "
-                             "(or a .npz/.safetensors file with x and y)")
+        raise SquigglesError(
+            f"unknown dataset {dataset!r}; choose one of: {', '.join(DATASETS)} "
+            "(or a .npz/.safetensors file with x and y)"
+        )

@@ -14,8 +14,16 @@ def is_image_batch(x: Tensor) -> bool:
 
 
 def attack_grid(
-    path: Path, clean: Tensor, adv: Tensor, clean_pred: Tensor, adv_pred: Tensor, adv_conf: Tensor,
-    labels: Tensor, bounds: tuple[float, float] = (0.0, 1.0), title: str = "", rows: int = 8,
+    path: Path,
+    clean: Tensor,
+    adv: Tensor,
+    clean_pred: Tensor,
+    adv_pred: Tensor,
+    adv_conf: Tensor,
+    labels: Tensor,
+    bounds: tuple[float, float] = (0.0, 1.0),
+    title: str = "",
+    rows: int = 8,
 ) -> Path:
     """Clean image, signed perturbation (a heat map) and adversarial image, one example per row."""
     import matplotlib
@@ -36,8 +44,13 @@ def attack_grid(
         for ax, (img, cmap, lim, text) in zip(axes[i], panels, strict=True):
             kwargs = {"vmin": lim[0], "vmax": lim[1]} if lim else {"vmin": 0, "vmax": 1}
             ax.imshow(img, cmap=cmap, **kwargs)
-            ax.set_title(text, fontsize=8, color="crimson" if text.startswith("pred") and
-                         int(adv_pred[i]) != int(labels[i]) and ax is axes[i][2] else "black")
+            ax.set_title(
+                text,
+                fontsize=8,
+                color="crimson"
+                if text.startswith("pred") and int(adv_pred[i]) != int(labels[i]) and ax is axes[i][2]
+                else "black",
+            )
             ax.axis("off")
     if title:
         fig.suptitle(title, fontsize=9)

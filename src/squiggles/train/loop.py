@@ -54,7 +54,10 @@ class TrainConfig:
             (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
             (self.lr > 0, f"learning rate must be > 0, got {self.lr}"),
             (self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}"),
-            (self.optimizer in OPTIMIZERS, f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}"),
+            (
+                self.optimizer in OPTIMIZERS,
+                f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}",
+            ),
             (self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}"),
         ]
         for ok, message in checks:
@@ -91,14 +94,25 @@ Logger = Callable[[str], None]
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     if config.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+        return torch.optim.SGD(
+            model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        )
     return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
 
 def fit(
-    model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
-    config: TrainConfig, out_dir: Path, *, resume: bool = False, bounds: tuple[float, float] = (0.0, 1.0),
-    progress: bool = True, log: Logger = print,
+    model: nn.Module,
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    config: TrainConfig,
+    out_dir: Path,
+    *,
+    resume: bool = False,
+    bounds: tuple[float, float] = (0.0, 1.0),
+    progress: bool = True,
+    log: Logger = print,
 ) -> TrainResult:
     """Train ``model`` in place by ``config`` and return it with the per-epoch history.
 
@@ -118,23 +132,45 @@ def fit(
         history, start_epoch, elapsed = _maybe_resume(ckpt, model, optimizer, config, resume, log)
         for epoch in range(start_epoch, config.epochs):
             t0 = time.perf_counter()
-            stats = _train_epoch(model, optimizer, method, train_x, train_y, config, epoch, steps_per_epoch,
-                                 total_steps, bounds, progress)
+            stats = _train_epoch(
+                model,
+                optimizer,
+                method,
+                train_x,
+                train_y,
+                config,
+                epoch,
+                steps_per_epoch,
+                total_steps,
+                bounds,
+                progress,
+            )
             test_acc = accuracy(model, test_x, test_y) if len(test_x) else float("nan")
             seconds = time.perf_counter() - t0
             elapsed += seconds
             history.append(EpochStats(epoch + 1, stats[0], stats[1], test_acc, stats[2], seconds))
-            header = {"epoch": epoch + 1, "config": config.to_dict(), "elapsed_s": elapsed,
-                      "history": [dataclasses.asdict(h) for h in history]}
+            header = {
+                "epoch": epoch + 1,
+                "config": config.to_dict(),
+                "elapsed_s": elapsed,
+                "history": [dataclasses.asdict(h) for h in history],
+            }
             save_checkpoint(ckpt, model, optimizer, header)
-            log(f"epoch {epoch + 1}/{config.epochs}: loss {stats[0]:.4f}  train acc {stats[1]:.4f}  "
-                f"test acc {test_acc:.4f}  ({seconds:.1f}s)")
+            log(
+                f"epoch {epoch + 1}/{config.epochs}: loss {stats[0]:.4f}  train acc {stats[1]:.4f}  "
+                f"test acc {test_acc:.4f}  ({seconds:.1f}s)"
+            )
     model.eval()
     return TrainResult(model, history, elapsed)
 
 
 def _maybe_resume(
-    ckpt: Path, model: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig, resume: bool, log: Logger,
+    ckpt: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    config: TrainConfig,
+    resume: bool,
+    log: Logger,
 ) -> tuple[list[EpochStats], int, float]:
     if not resume:
         return [], 0, 0.0
@@ -144,15 +180,25 @@ def _maybe_resume(
     saved = header["config"]
     diff = [k for k, v in config.to_dict().items() if saved.get(k) != v]
     if diff:
-        raise SquigglesError(f"--resume: the checkpoint was made with different settings ({', '.join(diff)}); "
-                             "rerun with the original settings or use a new --out folder")
+        raise SquigglesError(
+            f"--resume: the checkpoint was made with different settings ({', '.join(diff)}); "
+            "rerun with the original settings or use a new --out folder"
+        )
     log(f"resuming after epoch {header['epoch']} from {ckpt}")
     return [EpochStats(**h) for h in header["history"]], int(header["epoch"]), float(header["elapsed_s"])
 
 
 def _train_epoch(
-    model: nn.Module, optimizer: torch.optim.Optimizer, method: Any, x: torch.Tensor, y: torch.Tensor,
-    config: TrainConfig, epoch: int, steps_per_epoch: int, total_steps: int, bounds: tuple[float, float],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    method: Any,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    config: TrainConfig,
+    epoch: int,
+    steps_per_epoch: int,
+    total_steps: int,
+    bounds: tuple[float, float],
     progress: bool,
 ) -> tuple[float, float, float]:
     """One pass over shuffled data; returns (mean loss, accuracy on the training batches, last lr)."""
@@ -162,8 +208,13 @@ def _train_epoch(
     attack_gen = torch.Generator(device=x.device).manual_seed(config.seed * 100_019 + epoch)
     loss_sum = torch.zeros((), device=x.device)
     correct = torch.zeros((), device=x.device, dtype=torch.long)
-    bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress,
-               leave=False, unit="batch")
+    bar = tqdm(
+        range(steps_per_epoch),
+        desc=f"epoch {epoch + 1}/{config.epochs}",
+        disable=not progress,
+        leave=False,
+        unit="batch",
+    )
     lr = config.lr
     for i in bar:
         step = epoch * steps_per_epoch + i

@@ -26,7 +26,9 @@ class StepContext:
 
 
 class TrainMethod(Protocol):
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(loss, logits)``; ``logits`` are what the progress bar's accuracy is computed from."""
         ...
 

@@ -19,8 +19,9 @@ from squiggles.train.loop import Logger, TrainConfig, TrainResult, fit
 from squiggles.train.state import CHECKPOINT
 
 
-def load_training_data(dataset: str, test_dataset: str | None = None, data_dir: str | None = None,
-                       progress: bool = True) -> tuple[Dataset, Dataset]:
+def load_training_data(
+    dataset: str, test_dataset: str | None = None, data_dir: str | None = None, progress: bool = True
+) -> tuple[Dataset, Dataset]:
     """Train and test sets: a built-in dataset's train/test splits, or the user's tensor files.
 
     A user's file with no separate test file is split: its last 10% is held out for testing.
@@ -32,12 +33,17 @@ def load_training_data(dataset: str, test_dataset: str | None = None, data_dir: 
             return train.subset(cut), train.subset(len(train) - cut, start=cut)
         return train, load_tensors(test_dataset)
     train = load_dataset(dataset, "train", data_dir=data_dir, progress=progress)
-    test = load_tensors(test_dataset) if test_dataset else load_dataset(dataset, "test", data_dir=data_dir, progress=progress)
+    test = (
+        load_tensors(test_dataset)
+        if test_dataset
+        else load_dataset(dataset, "test", data_dir=data_dir, progress=progress)
+    )
     return train, test
 
 
-def build_seeded(arch: str, data: Dataset, seed: int, arch_kwargs: dict[str, Any] | None = None,
-                 init_weights: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
+def build_seeded(
+    arch: str, data: Dataset, seed: int, arch_kwargs: dict[str, Any] | None = None, init_weights: str | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
     """Build ``arch`` for ``data``'s shape with weights drawn from ``seed``, leaving the global RNG as it was."""
     kwargs = dict(arch_kwargs or {})
     if not is_import_path(arch):
@@ -51,9 +57,18 @@ def build_seeded(arch: str, data: Dataset, seed: int, arch_kwargs: dict[str, Any
 
 
 def train_model(
-    config: TrainConfig, out_dir: str | Path, *, test_dataset: str | None = None, data_dir: str | None = None,
-    arch_kwargs: dict[str, Any] | None = None, init_weights: str | None = None, device: str = "auto",
-    resume: bool = False, overwrite: bool = False, progress: bool = True, log: Logger = print,
+    config: TrainConfig,
+    out_dir: str | Path,
+    *,
+    test_dataset: str | None = None,
+    data_dir: str | None = None,
+    arch_kwargs: dict[str, Any] | None = None,
+    init_weights: str | None = None,
+    device: str = "auto",
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    log: Logger = print,
 ) -> tuple[TrainResult, Path]:
     """Train a model from ``config`` and save it (weights + card) in ``out_dir``.
 
@@ -63,20 +78,41 @@ def train_model(
     """
     out = ensure_writable_dir(Path(out_dir))
     if not resume and not overwrite and ((out / WEIGHTS).exists() or (out / CHECKPOINT).exists()):
-        raise SquigglesError(f"{out} already holds a model or checkpoint; use --resume to continue it, "
-                             "--overwrite to replace it, or another --out folder")
+        raise SquigglesError(
+            f"{out} already holds a model or checkpoint; use --resume to continue it, "
+            "--overwrite to replace it, or another --out folder"
+        )
     train, test = load_training_data(config.dataset, test_dataset, data_dir, progress)
     model, kwargs = build_seeded(config.arch, train, config.seed, arch_kwargs, init_weights)
     model.to(resolve_device(device))
     if config.eval_n is not None:
         test = test.subset(min(config.eval_n, len(test)))
-    result = fit(model, train.x, train.y, test.x, test.y, config, out, resume=resume, bounds=train.bounds,
-                 progress=progress, log=log)
+    result = fit(
+        model,
+        train.x,
+        train.y,
+        test.x,
+        test.y,
+        config,
+        out,
+        resume=resume,
+        bounds=train.bounds,
+        progress=progress,
+        log=log,
+    )
     card = ModelCard(
-        arch=config.arch, arch_kwargs=kwargs, dataset=config.dataset, bounds=train.bounds,
-        recipe=config.to_dict(), seed=config.seed, wall_time_s=round(result.wall_time_s, 2),
-        metrics={"clean_accuracy": result.test_acc, "test_points": len(test),
-                 "history": [dataclasses.asdict(h) for h in result.history]},
+        arch=config.arch,
+        arch_kwargs=kwargs,
+        dataset=config.dataset,
+        bounds=train.bounds,
+        recipe=config.to_dict(),
+        seed=config.seed,
+        wall_time_s=round(result.wall_time_s, 2),
+        metrics={
+            "clean_accuracy": result.test_acc,
+            "test_points": len(test),
+            "history": [dataclasses.asdict(h) for h in result.history],
+        },
     )
     save_model(model.cpu(), out, card, overwrite=True)
     return result, out

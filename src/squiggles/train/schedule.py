@@ -8,8 +8,14 @@ SCHEDULES = ("onecycle", "step", "constant")
 
 
 def learning_rate(
-    schedule: str, base_lr: float, step: int, total_steps: int, steps_per_epoch: int,
-    milestones: Sequence[int] = (), gamma: float = 0.1, warmup: float = 0.3,
+    schedule: str,
+    base_lr: float,
+    step: int,
+    total_steps: int,
+    steps_per_epoch: int,
+    milestones: Sequence[int] = (),
+    gamma: float = 0.1,
+    warmup: float = 0.3,
 ) -> float:
     """Learning rate at optimisation ``step`` (0-based).
 
