@@ -217,7 +217,7 @@ def _oriented(rows: int, cols: int, flips: Tensor, like: Tensor) -> Tensor:
 
 
 def _unit(v: Tensor, dims: tuple[int, ...]) -> Tensor:
-    return v / v.norm(dim=dims, keepdim=True).clamp_min(torch.finfo(v.dtype).tiny)
+    return v / torch.linalg.vector_norm(v, dim=dims, keepdim=True).clamp_min(torch.finfo(v.dtype).tiny)
 
 
 def _l2_init(x: Tensor, eps: Tensor, gen: torch.Generator) -> Tensor:
@@ -246,8 +246,8 @@ def _l2_step(x: Tensor, best: Tensor, eps: Tensor, p: float, threat: ThreatModel
     win = _window_index(n, h, w, sh, sw, c, gen, x.device)
     win2 = _window_index(n, h, w, sh, sw, c, gen, x.device)
     both = torch.zeros_like(delta[:, :1]).scatter(2, win[:, :1], 1.0).scatter(2, win2[:, :1], 1.0)
-    norm_all = delta.norm(dim=(1, 2)).view(-1, 1, 1)
-    norm_both = (delta * both).norm(dim=(1, 2)).view(-1, 1, 1)
+    norm_all = torch.linalg.vector_norm(delta, dim=(1, 2), keepdim=True)
+    norm_both = torch.linalg.vector_norm(delta * both, dim=(1, 2), keepdim=True)
     eps_ = eps.view(-1, 1, 1)
     flips = torch.rand((n,), generator=gen, device=x.device) < 0.5
     new = _oriented(sh, sw, flips, x).unsqueeze(1) * _signs((n, c, 1), x, gen)
