@@ -83,7 +83,9 @@ def fmn(
     """Fast Minimum-Norm attack: gradient steps on the logit margin inside a ball whose radius adapts.
 
     Per example and step: while no adversarial has been found, the radius jumps to the first-order estimate of
-    the distance to the boundary (``||delta|| + |margin| / ||grad||_dual``); afterwards it shrinks by
+    the distance to the boundary, ``||delta|| + |margin| / ||grad||_dual``, enlarged by ``1 + gamma`` (unlike
+    the paper: on a locally linear model the exact estimate lands on the boundary, where rounding can keep the
+    iterate on the wrong side step after step); afterwards it shrinks by
     ``1 - gamma`` when the iterate is adversarial and grows by ``1 + gamma`` when not. The step is an
     L2-normalised gradient step of size ``alpha``; ``alpha`` and ``gamma`` decay from ``*_init`` to
     ``*_final`` on a cosine schedule (``alpha_final`` defaults to ``alpha_init / 100``). L2, Linf and L1.
@@ -116,7 +118,7 @@ def fmn(
             best.update(x + delta, norm, adv)
             to_boundary = values.abs() / grad.flatten(1).norm(p=dual, dim=1).clamp_min(tiny)
             radius = torch.where(adv, torch.minimum(radius * (1 - gamma), best.norm),
-                                 torch.where(best.found, radius * (1 + gamma), norm + to_boundary))
+                                 torch.where(best.found, radius * (1 + gamma), (norm + to_boundary) * (1 + gamma)))
             radius = torch.minimum(radius, worst)
             delta = delta + alpha * grad / _view(grad.flatten(1).norm(dim=1).clamp_min(tiny), grad)
             delta = threat.with_eps(radius).project_delta(delta)

@@ -1,0 +1,122 @@
+"""`EvalResult`: what an evaluation found, per point and in total, and its documented JSON form."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from squiggles.evaluate.cascade import CLEAN_ERROR, REUSED, ROBUST
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class EvalResult:
+    """Robust accuracy at each budget, per-point outcomes and the evidence behind them.
+
+    ``robust[k, i]`` is True when point ``i`` survived every attack at ``eps[k]`` *and* the final forward pass
+    on its returned input agrees. ``broken_by[k, i]`` is the index of the stage that broke it, or one of
+    ``CLEAN_ERROR`` (-1), ``ROBUST`` (-2), ``REUSED`` (-3: broken at a smaller budget or by the minimal-norm
+    pre-pass, whose adversarial input is also valid here).
+    """
+
+    eps: list[float]
+    threat: dict[str, Any]
+    stages: list[dict[str, Any]]
+    labels: Tensor
+    clean_correct: Tensor
+    robust: Tensor
+    broken_by: Tensor
+    x_adv: Tensor | None
+    min_norms: Tensor | None
+    stage_stats: list[list[dict[str, Any]]]
+    disagreements: list[int]
+    flags: list[dict[str, str]] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+    wall_time_s: float = 0.0
+    seed: int = 0
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return len(self.labels)
+
+    @property
+    def clean_accuracy(self) -> float:
+        return self.clean_correct.float().mean().item()
+
+    @property
+    def robust_accuracy(self) -> float:
+        """At the first (or only) budget."""
+        return self.robust[0].float().mean().item()
+
+    def accuracy_at(self, k: int) -> float:
+        return self.robust[k].float().mean().item()
+
+    def breakdown(self, k: int = 0) -> list[dict[str, Any]]:
+        """Cumulative accuracy after each stage at budget ``eps[k]`` (the last row is the robust accuracy)."""
+        codes = self.broken_by[k]
+        alive = self.clean_correct & (codes != REUSED)
+        rows = [{"stage": "clean", "accuracy": self.clean_accuracy,
+                 "after_reuse": alive.float().mean().item()}]
+        for si, stage in enumerate(self.stages):
+            alive = alive & (codes != si)
+            st = self.stage_stats[k][si]
+            rows.append({"stage": stage["name"], "accuracy": alive.float().mean().item(),
+                         "broken": int((codes == si).sum()), **st})
+        return rows
+
+    def curve(self) -> list[dict[str, float]]:
+        return [{"eps": e, "robust_accuracy": self.accuracy_at(k)} for k, e in enumerate(self.eps)]
+
+    def to_json(self) -> dict[str, Any]:
+        """The documented results schema (see docs in README: "Evaluation results")."""
+        return {
+            "schema": SCHEMA_VERSION,
+            "kind": "evaluation",
+            "n": self.n,
+            "threat": self.threat,
+            "eps": self.eps,
+            "clean_accuracy": self.clean_accuracy,
+            "robust_accuracy": self.robust_accuracy,
+            "curve": self.curve(),
+            "breakdown": [{"eps": e, "stages": self.breakdown(k)} for k, e in enumerate(self.eps)],
+            "attacks": self.stages,
+            "flags": self.flags,
+            "disagreements": self.disagreements,
+            "model_calls": self.model_calls(),
+            "wall_time_s": round(self.wall_time_s, 3),
+            "seed": self.seed,
+            "config": self.config,
+            **self.provenance,
+        }
+
+    def model_calls(self) -> dict[str, int]:
+        fw = sum(s["forwards"] for per_eps in self.stage_stats for s in per_eps)
+        bw = sum(s["backwards"] for per_eps in self.stage_stats for s in per_eps)
+        return {"forwards": fw, "backwards": bw}
+
+    def table(self) -> str:
+        """A console table: one row per stage and budget, cumulative accuracy, calls and time."""
+        lines = [f"clean accuracy {100 * self.clean_accuracy:.2f}% on {self.n} points ({self.threat['norm']})"]
+        for k, e in enumerate(self.eps):
+            lines.append(f"eps {e:g}:")
+            for row in self.breakdown(k)[1:]:
+                lines.append(f"  after {row['stage']:<10s} {100 * row['accuracy']:6.2f}%   broke {row['broken']:5d}"
+                             f"   {row['forwards']:>10d} fwd {row['backwards']:>10d} bwd  {row['seconds']:8.1f}s")
+            lines.append(f"  robust accuracy {100 * self.accuracy_at(k):.2f}%")
+        for flag in self.flags:
+            lines.append(f"FLAG {flag['code']}: {flag['message']}")
+        return "\n".join(lines)
+
+
+def outcome_codes() -> dict[str, int]:
+    return {"clean_error": CLEAN_ERROR, "robust": ROBUST, "reused": REUSED}
+
+
+def empty_like(n: int, k: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    return (torch.zeros(k, n, dtype=torch.bool, device=device),
+            torch.full((k, n), ROBUST, dtype=torch.long, device=device))

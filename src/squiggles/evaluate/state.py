@@ -1,0 +1,124 @@
+"""The evaluation's working state: per-point outcomes, finished chunks and per-stage costs.
+
+Saved atomically after every chunk (safetensors + a JSON header) so an interrupted evaluation continues
+where it stopped. Under ``torchrun`` each process keeps its own state file and the states are merged at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from torch import Tensor
+
+from squiggles._io import write_safetensors
+from squiggles.errors import SquigglesError
+from squiggles.evaluate.cascade import ROBUST, StageStats
+
+
+@dataclass
+class State:
+    done: Tensor            # bool per chunk
+    clean_correct: Tensor   # bool per point
+    robust: Tensor          # bool, budgets x points
+    broken_by: Tensor       # int64, budgets x points
+    min_norms: Tensor       # per point, inf where unknown
+    x_adv: Tensor | None    # budgets x points x ...
+    stats: list[list[StageStats]]
+
+    def add_stats(self, k: int, si: int, s: StageStats) -> None:
+        self.stats[k][si].add(s.forwards, s.backwards, s.seconds)
+
+    def chunk_mask(self, starts: list[int], size: int) -> Tensor:
+        """Points of the finished chunks."""
+        return _points_of(self.done, starts, size, self.robust.shape[1])
+
+
+def new_state(n: int, budgets: int, stages: int, chunks: int, shape: torch.Size, dtype: torch.dtype,
+              keep_adv: bool) -> State:
+    return State(
+        done=torch.zeros(chunks, dtype=torch.bool), clean_correct=torch.zeros(n, dtype=torch.bool),
+        robust=torch.zeros(budgets, n, dtype=torch.bool), broken_by=torch.full((budgets, n), ROBUST),
+        min_norms=torch.full((n,), math.inf), x_adv=torch.zeros(budgets, n, *shape, dtype=dtype) if keep_adv else None,
+        stats=[[StageStats() for _ in range(stages)] for _ in range(budgets)],
+    )
+
+
+def _path(state_path: str | Path | None, rank: int) -> Path | None:
+    if state_path is None:
+        return None
+    p = Path(state_path)
+    return p if rank == 0 else p.with_name(f"{p.stem}.rank{rank}{p.suffix}")
+
+
+def load_or_new(state_path: str | Path | None, rank: int, fingerprint: str, n: int, budgets: int, stages: int,
+                chunks: int, shape: torch.Size, dtype: torch.dtype, keep_adv: bool) -> State:
+    """The saved state for exactly this evaluation, or a fresh one. A state for other settings is an error."""
+    fresh = new_state(n, budgets, stages, chunks, shape, dtype, keep_adv)
+    path = _path(state_path, rank)
+    if path is None or not path.exists():
+        return fresh
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = json.loads((f.metadata() or {})["header"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as exc:
+        raise SquigglesError(f"evaluation state {path} is unreadable ({exc}); delete it to start afresh") from None
+    if header.get("fingerprint") != fingerprint:
+        raise SquigglesError(f"evaluation state {path} belongs to an evaluation with other settings or data; "
+                             "use another --state file or delete this one")
+    fresh.done, fresh.clean_correct = tensors["done"], tensors["clean_correct"]
+    fresh.robust, fresh.broken_by, fresh.min_norms = tensors["robust"], tensors["broken_by"], tensors["min_norms"]
+    if keep_adv:
+        fresh.x_adv = tensors["x_adv"]
+    fresh.stats = [[StageStats(**s) for s in per] for per in header["stats"]]
+    return fresh
+
+
+def save(state_path: str | Path | None, rank: int, st: State, fingerprint: str) -> None:
+    path = _path(state_path, rank)
+    if path is None:
+        return
+    tensors = {"done": st.done, "clean_correct": st.clean_correct, "robust": st.robust, "broken_by": st.broken_by,
+               "min_norms": st.min_norms}
+    if st.x_adv is not None:
+        tensors["x_adv"] = st.x_adv
+    header = {"fingerprint": fingerprint, "stats": [[s.__dict__ for s in per] for per in st.stats]}
+    write_safetensors(path, tensors, metadata={"header": json.dumps(header)})
+
+
+def gather(st: State, world: int, starts: list[int], size: int) -> State:
+    """Merge the chunks finished by every process (a no-op in a single process)."""
+    if world == 1:
+        return st
+    import torch.distributed as dist
+
+    parts: list[Any] = [None] * world
+    dist.all_gather_object(parts, st)
+    merged = parts[0]
+    for other in parts[1:]:
+        theirs = other.done & ~merged.done
+        merged.done |= theirs
+        points = _points_of(theirs, starts, size, other.robust.shape[1])
+        merged.clean_correct[points] = other.clean_correct[points]
+        merged.robust[:, points] = other.robust[:, points]
+        merged.broken_by[:, points] = other.broken_by[:, points]
+        merged.min_norms[points] = other.min_norms[points]
+        if merged.x_adv is not None:
+            merged.x_adv[:, points] = other.x_adv[:, points]
+        for k, per in enumerate(other.stats):
+            for si, s in enumerate(per):
+                merged.add_stats(k, si, s)
+    return merged
+
+
+def _points_of(chunks: Tensor, starts: list[int], size: int, n: int) -> Tensor:
+    mask = torch.zeros(n, dtype=torch.bool)
+    for c in chunks.nonzero().flatten().tolist():
+        mask[starts[c] : starts[c] + size] = True
+    return mask
