@@ -95,9 +95,14 @@ def ensure_model(model_dir: str | None) -> tuple[nn.Module, dict[str, Any]]:
         train_model(config, path, overwrite=True, progress=False, log=log)
     card = read_card(path)
     model = load_model(path).eval()
-    info = {"dir": str(path), "arch": card.arch, "dataset": card.dataset, "bounds": list(card.bounds),
-            "card_clean_accuracy": card.metrics.get("clean_accuracy"),
-            "parameters": sum(p.numel() for p in model.parameters())}
+    info = {
+        "dir": str(path),
+        "arch": card.arch,
+        "dataset": card.dataset,
+        "bounds": list(card.bounds),
+        "card_clean_accuracy": card.metrics.get("clean_accuracy"),
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
     return model, info
 
 
@@ -114,14 +119,29 @@ def batches(x: Tensor, y: Tensor, batch_size: int) -> Iterator[tuple[Tensor, Ten
         yield x[i : i + batch_size], y[i : i + batch_size]
 
 
+def seed_global_rngs(seed: int = 0) -> None:
+    """Libraries draw their random starts from the global RNGs (torch's, numpy's); seed both."""
+    torch.manual_seed(seed)
+    with contextlib.suppress(ImportError):
+        import numpy
+
+        numpy.random.seed(seed)
+
+
 def timed_batches(
-    fn: Callable[[Tensor, Tensor], Any], x: Tensor, y: Tensor, batch_size: int, warmup: int = 16,
+    fn: Callable[[Tensor, Tensor], Any],
+    x: Tensor,
+    y: Tensor,
+    batch_size: int,
+    warmup: int = 16,
 ) -> tuple[list[Any], float]:
     """Run ``fn`` on every batch after one untimed warm-up call on ``warmup`` points; outputs and seconds.
 
-    Only the calls are timed (slicing the data is not), summed over the batches.
+    Only the calls are timed (slicing the data is not), summed over the batches. The global RNGs are
+    seeded after the warm-up, so results do not depend on what the warm-up drew.
     """
     fn(x[:warmup], y[:warmup])
+    seed_global_rngs(0)
     outs, seconds = [], 0.0
     for xb, yb in batches(x, y, batch_size):
         start = time.perf_counter()

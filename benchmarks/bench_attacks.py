@@ -25,7 +25,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from _common import (
@@ -48,7 +47,7 @@ from squiggles.threat import ThreatModel, make_threat
 
 STEPS = 40
 FLOOR_EPS, FLOOR_STEP = 0.3, 0.01
-ROBUST = [("linf", 0.1), ("l2", 1.0)]          # PGD-40 with step 2.5 * eps / 40, as in Madry et al.
+ROBUST = [("linf", 0.1), ("l2", 1.0)]  # PGD-40 with step 2.5 * eps / 40, as in Madry et al.
 APGD_EPS, APGD_STEPS, PGD_RESTARTS = 0.1, 100, 10
 SECTIONS = ("floor", "libraries", "apgd")
 
@@ -61,7 +60,7 @@ class Setup:
     bounds: tuple[float, float]
     num_classes: int
     batch_size: int
-    library_params: str   # "frozen" or "trainable": how the libraries get the model's parameters
+    library_params: str  # "frozen" or "trainable": how the libraries get the model's parameters
 
 
 def rel_step(eps: float) -> float:
@@ -75,12 +74,14 @@ def ours(s: Setup, threat: ThreatModel, step: float, **options: Any) -> Runner:
 
 def floor_loop(s: Setup) -> Runner:
     """The cheapest loop that gives PGD its gradients: no step, no projection, no bookkeeping."""
+
     def run(x: Tensor, y: Tensor) -> Tensor:
         for _ in range(STEPS):
             xi = x.detach().requires_grad_(True)
             loss = F.cross_entropy(s.model(xi), y, reduction="sum")
             torch.autograd.grad(loss, xi)
         return x
+
     return run
 
 
@@ -104,10 +105,12 @@ def foolbox_pgd(s: Setup, threat: ThreatModel, step: float) -> Runner:
     def run(x: Tensor, y: Tensor) -> Tensor:
         _, clipped, _ = attack(fmodel, x, y, epsilons=float(threat.eps))
         return clipped
+
     return run
 
 
 def art_pgd(s: Setup, threat: ThreatModel, step: float) -> Runner:
+    import numpy as np
     from art.attacks.evasion import ProjectedGradientDescentPyTorch
     from art.estimators.classification import PyTorchClassifier
 
@@ -116,28 +119,42 @@ def art_pgd(s: Setup, threat: ThreatModel, step: float) -> Runner:
 
     def run(x: Tensor, y: Tensor) -> Tensor:
         nonlocal classifier, attack
-        if classifier is None:   # ART wants the input shape, known at the first call
+        if classifier is None:  # ART wants the input shape, known at the first call
             classifier = PyTorchClassifier(
-                model=s.model, loss=nn.CrossEntropyLoss(), input_shape=tuple(x.shape[1:]),
-                nb_classes=s.num_classes, clip_values=s.bounds, device_type="cpu")
+                model=s.model,
+                loss=nn.CrossEntropyLoss(),
+                input_shape=tuple(x.shape[1:]),
+                nb_classes=s.num_classes,
+                clip_values=s.bounds,
+                device_type="cpu",
+            )
             attack = ProjectedGradientDescentPyTorch(
-                classifier, norm=np.inf if threat.name == "linf" else 2, eps=float(threat.eps), eps_step=step,
-                max_iter=STEPS, num_random_init=1, batch_size=s.batch_size, verbose=False)
+                classifier,
+                norm=np.inf if threat.name == "linf" else 2,
+                eps=float(threat.eps),
+                eps_step=step,
+                max_iter=STEPS,
+                num_random_init=1,
+                batch_size=s.batch_size,
+                verbose=False,
+            )
         return torch.from_numpy(attack.generate(x.numpy(), y.numpy()))
+
     return run
 
 
 LIBRARIES: dict[str, Callable[[Setup, ThreatModel, float], Runner]] = {
-    "squiggles": ours, "torchattacks": torchattacks_pgd, "foolbox": foolbox_pgd, "art": art_pgd}
+    "squiggles": ours,
+    "torchattacks": torchattacks_pgd,
+    "foolbox": foolbox_pgd,
+    "art": art_pgd,
+}
 
 
 # --- measuring one method ---------------------------------------------------------------------------
 def measure(name: str, fn: Runner, s: Setup, x: Tensor, y: Tensor, threat: ThreatModel | None) -> dict[str, Any]:
     """Time ``fn`` over the batches (after a warm-up), then check and score its adversarial examples."""
     log(f"  {name} ...")
-    # The libraries draw their random starts from the global RNGs; seed them so runs repeat.
-    torch.manual_seed(0)
-    np.random.seed(0)
     outs, seconds = timed_batches(fn, x, y, s.batch_size)
     row: dict[str, Any] = {"seconds": round(seconds, 3), "images_per_s": rate(len(x), seconds)}
     if threat is None:
@@ -173,11 +190,19 @@ def bench_floor(s: Setup, x: Tensor, y: Tensor, repeats: int) -> dict[str, Any]:
     ours_best = min(ours_rows, key=lambda r: r["seconds"])
     ratio = floor_best["seconds"] / ours_best["seconds"] if ours_best["seconds"] > 0 else None
     return {
-        "setting": {"norm": "linf", "eps": FLOOR_EPS, "step_size": FLOOR_STEP, "steps": STEPS,
-                    "random_start": True, "repeats": repeats},
-        "floor": floor_best, "squiggles": ours_best,
+        "setting": {
+            "norm": "linf",
+            "eps": FLOOR_EPS,
+            "step_size": FLOOR_STEP,
+            "steps": STEPS,
+            "random_start": True,
+            "repeats": repeats,
+        },
+        "floor": floor_best,
+        "squiggles": ours_best,
         "ratio_ours_over_floor": round(ratio, 4) if ratio is not None else None,
-        "target": 0.95, "meets_target": ratio is not None and ratio >= 0.95,
+        "target": 0.95,
+        "meets_target": ratio is not None and ratio >= 0.95,
         "all_seconds": {"floor": [r["seconds"] for r in floor_rows], "squiggles": [r["seconds"] for r in ours_rows]},
     }
 
@@ -185,8 +210,10 @@ def bench_floor(s: Setup, x: Tensor, y: Tensor, repeats: int) -> dict[str, Any]:
 def bench_libraries(s: Setup, x: Tensor, y: Tensor, versions: dict[str, str]) -> dict[str, Any]:
     settings = [("throughput_linf_0.3", "linf", FLOOR_EPS, FLOOR_STEP)]
     settings += [(f"robust_{norm}_{eps}", norm, eps, rel_step(eps)) for norm, eps in ROBUST]
-    out: dict[str, Any] = {"versions": {k: v for k, v in versions.items() if k != "autoattack"},
-                           "library_params": s.library_params}
+    out: dict[str, Any] = {
+        "versions": {k: v for k, v in versions.items() if k != "autoattack"},
+        "library_params": s.library_params,
+    }
     checks: dict[str, Any] = {}
     for key, norm, eps, step in settings:
         threat = make_threat(norm, eps, s.bounds)
@@ -204,10 +231,15 @@ def bench_libraries(s: Setup, x: Tensor, y: Tensor, versions: dict[str, str]) ->
                 rows[name] = {"error": f"{type(exc).__name__}: {exc}"}
         out[key] = rows
         ours_acc = rows["squiggles"].get("robust_accuracy")
-        checks[key] = {name: {"ours_at_least_as_strong": ours_acc <= row["robust_accuracy"],
-                              "difference": round(row["robust_accuracy"] - ours_acc, 4)}
-                       for name, row in rows.items()
-                       if name not in ("setting", "squiggles") and "robust_accuracy" in row and ours_acc is not None}
+        checks[key] = {
+            name: {
+                "ours_at_least_as_strong": ours_acc <= row["robust_accuracy"],
+                "difference": round(row["robust_accuracy"] - ours_acc, 4),
+                "difference_examples": round((row["robust_accuracy"] - ours_acc) * len(x)),
+            }
+            for name, row in rows.items()
+            if name not in ("setting", "squiggles") and "robust_accuracy" in row and ours_acc is not None
+        }
     out["checks"] = checks
     return out
 
@@ -219,26 +251,42 @@ def bench_apgd(s: Setup, x: Tensor, y: Tensor, versions: dict[str, str]) -> dict
         log(f"apgd: skipped ({exc})")
         return {"skipped": f"squiggles.attacks.apgd is not importable yet: {exc}"}
     threat = make_threat("linf", APGD_EPS, s.bounds)
-    options: dict[str, Any] = {"steps": APGD_STEPS}
-    if "loss" in inspect.signature(apgd).parameters:
-        options["loss"] = "ce"
-    out: dict[str, Any] = {"setting": {"norm": "linf", "eps": APGD_EPS, "apgd_steps": APGD_STEPS,
-                                       "pgd_steps": STEPS, "pgd_restarts": PGD_RESTARTS,
-                                       "pgd_step_size": rel_step(APGD_EPS)}}
+    # Both run every example for their whole budget (no early stop), so the cost comparison is fair.
+    wanted = {"steps": APGD_STEPS, "loss": "ce", "early_stop": False}
+    params = inspect.signature(apgd).parameters
+    options = {k: v for k, v in wanted.items() if k in params}
+    out: dict[str, Any] = {
+        "setting": {
+            "norm": "linf",
+            "eps": APGD_EPS,
+            "apgd_options": options,
+            "pgd_steps": STEPS,
+            "pgd_restarts": PGD_RESTARTS,
+            "pgd_early_stop": False,
+            "pgd_step_size": rel_step(APGD_EPS),
+        }
+    }
     with frozen(s.model):
         log(f"apgd: APGD-CE {APGD_STEPS} steps vs PGD-{STEPS} x {PGD_RESTARTS} restarts at Linf {APGD_EPS}")
         try:
-            out["apgd_ce"] = measure("squiggles apgd-ce", lambda a, b: apgd(s.model, a, b, threat, seed=0, **options),
-                                     s, x, y, threat)
+            out["apgd_ce"] = measure(
+                "squiggles apgd-ce", lambda a, b: apgd(s.model, a, b, threat, seed=0, **options), s, x, y, threat
+            )
         except TypeError as exc:
             return {**out, "error": f"apgd's signature changed? {exc}"}
         out["pgd_restarts"] = measure(
             f"squiggles pgd x{PGD_RESTARTS}",
-            ours(s, threat, rel_step(APGD_EPS), restarts=PGD_RESTARTS, early_stop=False), s, x, y, threat)
+            ours(s, threat, rel_step(APGD_EPS), restarts=PGD_RESTARTS, early_stop=False),
+            s,
+            x,
+            y,
+            threat,
+        )
         if not versions.get("autoattack", "").startswith("not installed"):
             try:
-                out["reference_autoattack_apgd_ce"] = measure("pyautoattack apgd-ce", _autoattack_apgd(s), s, x, y,
-                                                              threat)
+                out["reference_autoattack_apgd_ce"] = measure(
+                    "pyautoattack apgd-ce", _autoattack_apgd(s), s, x, y, threat
+                )
             except Exception as exc:  # reference only: report and go on
                 out["reference_autoattack_apgd_ce"] = {"error": f"{type(exc).__name__}: {exc}"}
     a, p = out["apgd_ce"], out["pgd_restarts"]
@@ -254,26 +302,43 @@ def _autoattack_apgd(s: Setup) -> Runner:
     """The reference implementation (Croce & Hein 2020), one restart of 100 steps, as a yardstick."""
     from pyautoattack.autopgd_base import APGDAttack
 
-    attack = APGDAttack(s.model, n_iter=APGD_STEPS, n_restarts=1, norm="Linf", eps=APGD_EPS, loss="ce",
-                        seed=0, device="cpu", verbose=False)
+    attack = APGDAttack(
+        s.model,
+        n_iter=APGD_STEPS,
+        n_restarts=1,
+        norm="Linf",
+        eps=APGD_EPS,
+        loss="ce",
+        seed=0,
+        device="cpu",
+        verbose=False,
+    )
     return lambda x, y: attack.perturb(x, y)
 
 
 # --- main -------------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", help="a squiggles model folder (default: a madry-cnn trained 2 epochs on MNIST, "
-                                   "cached under ~/.cache/squiggles/bench-models)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--model",
+        help="a squiggles model folder (default: a madry-cnn trained 2 epochs on MNIST, "
+        "cached under ~/.cache/squiggles/bench-models)",
+    )
     p.add_argument("--dataset", help="test set to attack (default: the model card's dataset)")
     p.add_argument("--n", type=int, default=1000, help="test points (default 1000)")
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     p.add_argument("--which", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="sections to run")
     p.add_argument("--repeats", type=int, default=1, help="floor section: interleaved repeats, best time kept")
-    p.add_argument("--library-params", choices=("frozen", "trainable"), default="frozen",
-                   help="give the libraries the model with frozen parameters (like squiggles does itself; "
-                        "default) or as trained (foolbox and ART then also compute weight gradients)")
+    p.add_argument(
+        "--library-params",
+        choices=("frozen", "trainable"),
+        default="frozen",
+        help="give the libraries the model with frozen parameters (like squiggles does itself; "
+        "default) or as trained (foolbox and ART then also compute weight gradients)",
+    )
     args = p.parse_args(argv)
     if args.n < 1 or args.batch_size < 1 or args.threads < 1 or args.repeats < 1:
         p.error("--n, --batch-size, --threads and --repeats must be >= 1")
@@ -295,12 +360,22 @@ def main(argv: list[str] | None = None) -> None:
         num_classes = int(model(x[:1]).shape[1])
     s = Setup(model, tuple(model_info["bounds"]), num_classes, args.batch_size, args.library_params)
     versions = library_versions()
-    log(f"model {model_info['dir']} on {dataset}: clean accuracy {clean:.4f} on {len(y)} points; "
-        f"{args.threads} threads; libraries {versions}")
+    log(
+        f"model {model_info['dir']} on {dataset}: clean accuracy {clean:.4f} on {len(y)} points; "
+        f"{args.threads} threads; libraries {versions}"
+    )
     report: dict[str, Any] = {
-        "benchmark": "attacks", "machine": machine,
-        "settings": {"n": args.n, "batch_size": args.batch_size, "threads": args.threads, "dataset": dataset,
-                     "which": args.which, "repeats": args.repeats, "library_params": args.library_params},
+        "benchmark": "attacks",
+        "machine": machine,
+        "settings": {
+            "n": args.n,
+            "batch_size": args.batch_size,
+            "threads": args.threads,
+            "dataset": dataset,
+            "which": args.which,
+            "repeats": args.repeats,
+            "library_params": args.library_params,
+        },
         "model": {**model_info, "clean_accuracy": clean},
         "libraries_installed": versions,
     }

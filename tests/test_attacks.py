@@ -68,11 +68,13 @@ def test_eps_zero_changes_nothing(name, norm):
 
 @pytest.mark.parametrize(("name", "norm"), CASES)
 def test_succeeds_on_an_easy_model(name, norm):
-    # A linear model with a margin of 0.2 in logits: every point is well within eps of the boundary.
-    model = nn.Linear(6, 2)
+    # A linear model with a margin of 0.2 in logits between classes 0 and 1: every point is well within eps
+    # of that boundary. Classes 2 and 3 are never close; they exist so that losses needing >= 4 classes apply.
+    model = nn.Linear(6, 4)
     with torch.no_grad():
-        model.weight.copy_(torch.tensor([[1.0, 1, 1, 1, 1, 1], [-1.0, -1, -1, -1, -1, -1]]))
-        model.bias.copy_(torch.tensor([-3.2, 3.2]))
+        model.weight.zero_()
+        model.weight[0], model.weight[1] = 1.0, -1.0
+        model.bias.copy_(torch.tensor([-3.2, 3.2, -5.0, -6.0]))
     x = torch.full((8, 6), 0.55)
     res = ATTACKS[name](
         model, x, torch.zeros(8, dtype=torch.long), make_threat(norm, _eps(norm, 2.0)), **_options(name)

@@ -29,8 +29,8 @@ _LAZY = {
     "TrainConfig": "squiggles.train",
     "train_model": "squiggles.train",
     "accuracy": "squiggles.runtime",
-    "evaluate": "squiggles.evaluate",
-    "EvalResult": "squiggles.evaluate",
+    "evaluate": "squiggles.evaluation",
+    "EvalResult": "squiggles.evaluation",
     "SquigglesError": "squiggles.errors",
 }
 

@@ -34,36 +34,30 @@ class AttackSpec:
 
 
 _A = "squiggles.attacks."
-ATTACKS: dict[str, AttackSpec] = {
-    s.name: s
-    for s in [
-        AttackSpec(
-            "fgsm",
-            _A + "fgsm:fgsm",
-            ("linf", "l2", "l1"),
-            steps_option=None,
-            summary="one gradient step (Goodfellow et al. 2014)",
-        ),
-        AttackSpec(
-            "fgsm-rs",
-            _A + "fgsm:fgsm",
-            ("linf", "l2", "l1"),
-            defaults={"random_start": True},
-            steps_option=None,
-            summary="FGSM from a random start, step 1.25 eps (Wong et al. 2020)",
-        ),
-        AttackSpec(
-            "pgd", _A + "pgd:pgd", ("linf", "l2", "l1"), summary="projected gradient descent (Madry et al. 2017)"
-        ),
-        AttackSpec(
-            "pgd-margin",
-            _A + "pgd:pgd",
-            ("linf", "l2", "l1"),
-            defaults={"loss": "margin"},
-            summary="PGD on the Carlini-Wagner margin loss",
-        ),
-    ]
-}
+_ALL = ("linf", "l2", "l1")
+# fmt: off
+ATTACKS: dict[str, AttackSpec] = {s.name: s for s in [
+    AttackSpec("fgsm", _A + "fgsm:fgsm", _ALL, steps_option=None,
+               summary="one gradient step (Goodfellow et al. 2014)"),
+    AttackSpec("fgsm-rs", _A + "fgsm:fgsm", _ALL, defaults={"random_start": True}, steps_option=None,
+               summary="FGSM from a random start, step 1.25 eps (Wong et al. 2020)"),
+    AttackSpec("pgd", _A + "pgd:pgd", _ALL, summary="projected gradient descent (Madry et al. 2017)"),
+    AttackSpec("pgd-margin", _A + "pgd:pgd", _ALL, defaults={"loss": "margin"},
+               summary="PGD on the Carlini-Wagner margin loss"),
+    AttackSpec("apgd-ce", _A + "apgd:apgd", _ALL, defaults={"loss": "ce"},
+               summary="Auto-PGD on cross-entropy (Croce & Hein 2020)"),
+    AttackSpec("apgd-dlr", _A + "apgd:apgd", _ALL, defaults={"loss": "dlr"},
+               summary="Auto-PGD on the DLR loss"),
+    AttackSpec("apgd-t", _A + "apgd:apgd_targeted", _ALL,
+               summary="Auto-PGD, targeted DLR over the top-k other classes (untargeted in effect)"),
+    AttackSpec("square", _A + "square:square", ("linf", "l2"), uses_grad=False, steps_option=None,
+               summary="score-based black-box Square attack (Andriushchenko et al. 2020)"),
+    AttackSpec("fmn", _A + "minimal:fmn", ("linf", "l2"), kind="minimal",
+               summary="Fast Minimum-Norm attack (Pintor et al. 2021)"),
+    AttackSpec("cw", _A + "minimal:cw", ("l2",), kind="minimal",
+               summary="Carlini-Wagner L2 (Carlini & Wagner 2017)"),
+]}
+# fmt: on
 
 
 def register(spec: AttackSpec) -> None:

@@ -69,3 +69,27 @@ def _hwc(img: Tensor, bounds: tuple[float, float]):
 def confidence(logits: Tensor) -> Tensor:
     """Softmax probability of the predicted class."""
     return torch.softmax(logits.float(), 1).amax(1)
+
+
+def eps_curve(path: Path, curves: dict[str, tuple[list[float], list[float]]], norm: str, title: str = "") -> Path:
+    """Robust accuracy against the budget, one line per model or setting (PNG or SVG by the suffix)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for label, (eps, acc) in curves.items():
+        ax.plot(eps, [100 * a for a in acc], marker="o", label=label)
+    ax.set_xlabel(f"eps ({norm})")
+    ax.set_ylabel("robust accuracy (%)")
+    ax.set_ylim(-2, 102)
+    ax.grid(alpha=0.3)
+    if len(curves) > 1:
+        ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,7 +1,7 @@
 """Trustworthy robustness evaluation: the attack cascade, epsilon curves, sanity checks, resumable and sharded."""
 
-from squiggles.evaluate.core import evaluate
-from squiggles.evaluate.ensembles import ENSEMBLES, Stage
-from squiggles.evaluate.result import EvalResult
+from squiggles.evaluation.core import evaluate
+from squiggles.evaluation.ensembles import ENSEMBLES, Stage
+from squiggles.evaluation.result import EvalResult
 
 __all__ = ["ENSEMBLES", "EvalResult", "Stage", "evaluate"]

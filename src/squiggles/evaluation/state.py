@@ -18,7 +18,7 @@ from torch import Tensor
 
 from squiggles._io import write_safetensors
 from squiggles.errors import SquigglesError
-from squiggles.evaluate.cascade import ROBUST, StageStats
+from squiggles.evaluation.cascade import ROBUST, StageStats
 
 
 @dataclass

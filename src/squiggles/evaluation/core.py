@@ -23,10 +23,10 @@ from tqdm.auto import tqdm
 from squiggles._io import versions
 from squiggles.attacks._core import attack_mode, check_inputs
 from squiggles.errors import SquigglesError
-from squiggles.evaluate import state as state_io
-from squiggles.evaluate.cascade import CLEAN_ERROR, REUSED, ROBUST, StageStats, run_cascade, stage_seed
-from squiggles.evaluate.ensembles import Stage, resolve_stages
-from squiggles.evaluate.result import EvalResult
+from squiggles.evaluation import state as state_io
+from squiggles.evaluation.cascade import CLEAN_ERROR, REUSED, ROBUST, StageStats, run_cascade, stage_seed
+from squiggles.evaluation.ensembles import Stage, resolve_stages
+from squiggles.evaluation.result import EvalResult
 from squiggles.runtime import predict
 from squiggles.threat import ThreatModel
 
@@ -81,7 +81,7 @@ def evaluate(
     st = state_io.gather(st, world, chunks, batch_size)
     result = _finish(model, x, y, threat, stages, budgets, st, dev, config, seed)
     if checks:
-        from squiggles.evaluate.checks import run_checks
+        from squiggles.evaluation.checks import run_checks
 
         result.flags = run_checks(model, x, y, threat, result, dev, seed)
     result.wall_time_s = time.perf_counter() - start

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from squiggles.evaluate.result import EvalResult
+from squiggles.evaluation.result import EvalResult
 from squiggles.threat import ThreatModel
 
 Flag = dict[str, str]
@@ -87,7 +87,7 @@ def check_gradients(model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor) -> 
         return flag("vanishing-gradients", f"the input gradient is zero or vanishing for {100 * frac:.0f}% of correctly "
                     "classified points: gradient attacks have nothing to follow (gradient masking)",
                     "replace non-differentiable steps by a straight-through estimate (BPDA, "
-                    "squiggles.evaluate.straight_through) and rely on the black-box stage (Square)")
+                    "squiggles.evaluation.straight_through) and rely on the black-box stage (Square)")
     return None
 
 

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from squiggles.attacks._core import subset_threat
 from squiggles.attacks.registry import get_attack
-from squiggles.evaluate.ensembles import Stage
+from squiggles.evaluation.ensembles import Stage
 from squiggles.threat import ThreatModel
 
 # Codes in `broken_by` besides the index of the stage that broke a point.

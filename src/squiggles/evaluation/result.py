@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from squiggles.evaluate.cascade import CLEAN_ERROR, REUSED, ROBUST
+from squiggles.evaluation.cascade import CLEAN_ERROR, REUSED, ROBUST
 
 SCHEMA_VERSION = 1
 

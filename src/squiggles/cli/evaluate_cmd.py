@@ -1,0 +1,100 @@
+"""``squiggles evaluate``: robust accuracy by the attack cascade, at one budget or along a curve.
+
+Under ``torchrun --nproc_per_node=N -m squiggles evaluate ...`` the points are sharded across the processes
+and the merged result equals the single-process one; rank 0 writes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from squiggles.cli.common import add_common, add_data_args, add_model_args, nonneg_float, positive_int, resolve_data, \
+    resolve_model, say
+from squiggles.errors import SquigglesError
+
+EXAMPLES = """examples:
+  squiggles evaluate --model runs/madry --dataset mnist --norm linf --eps 0.1 --n 1000 --out eval/madry.json
+  squiggles evaluate --model runs/robust --norm linf --eps 0.1 0.2 0.3 0.4 --attacks quick --out eval/curve.json
+  squiggles evaluate --model runs/robust --eps 0.3 --attacks apgd-ce,square --out eval/custom.json
+  torchrun --nproc_per_node=2 -m squiggles evaluate --model runs/robust --eps 0.3 --out eval/sharded.json
+"""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="robust accuracy by the attack cascade (one eps or a curve)",
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(p)
+    add_data_args(p)
+    p.add_argument("--norm", default="linf", choices=("linf", "l2", "l1"))
+    p.add_argument("--eps", type=nonneg_float, nargs="+", required=True, help="one budget, or several for a curve")
+    p.add_argument("--attacks", default="standard",
+                   help="ensemble (standard, quick) or comma-separated attack names (default: standard)")
+    p.add_argument("--batch-size", type=positive_int, default=500)
+    p.add_argument("--state", help="progress file (default: OUT with .state.safetensors); rerun to resume")
+    p.add_argument("--no-checks", action="store_true", help="skip the sanity checks")
+    p.add_argument("--out", required=True, help="results JSON file (a curve plot is written beside it)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing results file")
+    add_common(p)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from squiggles._io import ensure_writable_dir, write_json
+    from squiggles.evaluation import evaluate
+    from squiggles.report.figures import eps_curve
+    from squiggles.runtime import resolve_device
+    from squiggles.threat import make_threat
+
+    out = Path(args.out)
+    if out.suffix != ".json":
+        raise SquigglesError(f"--out {args.out!r}: give a .json file name for the results")
+    ensure_writable_dir(out.parent)
+    if out.exists() and not args.overwrite:
+        raise SquigglesError(f"{out} already exists; use --overwrite or another --out")
+    rank = _init_distributed(args.device)
+    device = resolve_device(args.device if rank is None else _rank_device(args.device))
+    model, card = resolve_model(args)
+    model.to(device)
+    data = resolve_data(args)
+    threat = make_threat(args.norm, args.eps[0], data.bounds)
+    state = Path(args.state) if args.state else out.with_suffix(".state.safetensors")
+    result = evaluate(model, data, threat, args.attacks, eps=args.eps, batch_size=args.batch_size, seed=args.seed,
+                      state_path=state, checks=not args.no_checks, progress=not args.quiet and not rank,
+                      device=device)
+    if rank:
+        return 0
+    report = {**result.to_json(), "model": args.model, "model_card": card, "dataset": args.dataset,
+              "split": args.split}
+    if len(result.eps) > 1:
+        plot = eps_curve(out.with_suffix(".curve.png"), {Path(args.model).name: (result.eps,
+                         [c["robust_accuracy"] for c in result.curve()])}, args.norm)
+        report["files"] = [plot.name]
+    write_json(out, report)
+    for path in state.parent.glob(state.stem + "*" + state.suffix):
+        path.unlink(missing_ok=True)  # finished: the progress file is no longer needed
+    print(result.table())
+    say(args, f"results in {out}")
+    return 0
+
+
+def _init_distributed(device: str) -> int | None:
+    """Join the process group when started by torchrun; return this process's rank (None when alone)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        use_nccl = torch.cuda.is_available() and device != "cpu"
+        dist.init_process_group(backend="nccl" if use_nccl else "gloo")
+    return dist.get_rank()
+
+
+def _rank_device(device: str) -> str:
+    import torch
+
+    if device in ("auto", "cuda") and torch.cuda.is_available():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return device
