@@ -56,7 +56,8 @@ def check_probabilities(logits: Tensor) -> Flag | None:
             torch.allclose(logits.sum(1), torch.ones_like(logits[:, 0]), atol=1e-3):
         return flag("probability-outputs", "the model's outputs are probabilities (rows in [0, 1] summing to 1), "
                     "not logits; a saturated softmax hides gradients",
-                    "remove the final softmax so the model returns logits, then evaluate again")
+                    "remove the final softmax so the model returns logits "
+                    "(squiggles.evaluation.remedies.logits_from_probabilities), then evaluate again")
     return None
 
 
@@ -66,8 +67,8 @@ def check_randomness(model: Callable[[Tensor], Tensor], x: Tensor, logits: Tenso
         frac = (again.argmax(1) != logits.argmax(1)).float().mean().item()
         return flag("randomized-model", f"two forward passes on the same inputs differ ({100 * frac:.0f}% of labels "
                     "changed): the model is randomised, so one lucky pass can make a point look robust",
-                    "evaluate with expectation over transformation (attack option eot_samples) and count a point "
-                    "robust only if it stays correct over many passes")
+                    "evaluate the expectation over transformation "
+                    "(squiggles.evaluation.remedies.expectation_over_transformation(model, samples=16))")
     return None
 
 
@@ -87,7 +88,7 @@ def check_gradients(model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor) -> 
         return flag("vanishing-gradients", f"the input gradient is zero or vanishing for {100 * frac:.0f}% of correctly "
                     "classified points: gradient attacks have nothing to follow (gradient masking)",
                     "replace non-differentiable steps by a straight-through estimate (BPDA, "
-                    "squiggles.evaluation.straight_through) and rely on the black-box stage (Square)")
+                    "squiggles.evaluation.remedies.straight_through) and rely on the black-box stage (Square)")
     return None
 
 

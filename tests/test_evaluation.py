@@ -1,0 +1,120 @@
+"""The evaluation cascade on a small digits model: worst case, breakdown, curves, resume, verification."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import squiggles
+from squiggles.errors import SquigglesError
+from squiggles.evaluation import Stage
+from squiggles.evaluation.cascade import CLEAN_ERROR, REUSED, ROBUST
+from squiggles.threat import Linf
+
+FAST = (Stage("fgsm"), Stage("pgd", {"steps": 10}), Stage("apgd-t", {"steps": 10, "n_target_classes": 3}))
+
+
+@pytest.fixture(scope="module")
+def setup(digits_model):
+    model = squiggles.load_model(digits_model)
+    test = squiggles.load_dataset("digits", "test").subset(120)
+    return model, test
+
+
+def test_cascade_is_the_per_point_worst_case_with_a_cumulative_breakdown(setup):
+    model, test = setup
+    res = squiggles.evaluate(model, test, Linf(0.1), FAST, batch_size=50, progress=False, checks=False)
+    codes = res.broken_by[0]
+    assert torch.equal(res.clean_correct, codes != CLEAN_ERROR)
+    assert torch.equal(res.robust[0], codes == ROBUST)
+    rows = res.breakdown()
+    accs = [r["accuracy"] for r in rows]
+    assert accs == sorted(accs, reverse=True) and accs[-1] == pytest.approx(res.robust_accuracy)
+    assert sum(r["broken"] for r in rows[1:]) == int((res.clean_correct & ~res.robust[0]).sum())
+    # Each attack alone is no stronger than the cascade: the cascade keeps every point any attack broke.
+    for stage in FAST:
+        alone = squiggles.evaluate(model, test, Linf(0.1), (stage,), batch_size=50, progress=False, checks=False)
+        assert alone.robust_accuracy >= res.robust_accuracy
+    # Every returned input is inside the budget and re-verified by a final forward pass.
+    assert (Linf(0.1).norm(res.x_adv[0] - test.x) <= 0.1 + 1e-5).all()
+    with torch.no_grad():
+        assert torch.equal(model(res.x_adv[0]).argmax(1) == test.y, res.robust[0])
+    assert res.disagreements == [0]
+
+
+def test_curve_is_monotone_and_reuses_results(setup):
+    model, test = setup
+    res = squiggles.evaluate(model, test, Linf(0.1), FAST, eps=[0.2, 0.0, 0.05, 0.1], batch_size=60,
+                             progress=False, checks=False)
+    assert res.eps == [0.0, 0.05, 0.1, 0.2]
+    accs = [c["robust_accuracy"] for c in res.curve()]
+    assert accs[0] == pytest.approx(res.clean_accuracy)
+    assert accs == sorted(accs, reverse=True) and accs[-1] < accs[0]
+    assert res.min_norms is not None and (res.broken_by[1:] == REUSED).any()
+    for k, eps in enumerate(res.eps):
+        assert (Linf(eps).norm(res.x_adv[k] - test.x) <= eps + 1e-5).all()
+
+
+def test_same_result_for_any_batch_order_of_resume(setup, tmp_path):
+    model, test = setup
+    full = squiggles.evaluate(model, test, Linf(0.1), FAST, batch_size=40, progress=False, checks=False)
+
+    calls = {"n": 0}
+
+    class Interrupting(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = model
+
+        def forward(self, x):
+            calls["n"] += 1
+            if calls["n"] == 60:
+                raise KeyboardInterrupt
+            return self.inner(x)
+
+    state = tmp_path / "state.safetensors"
+    with pytest.raises(KeyboardInterrupt):
+        squiggles.evaluate(Interrupting(), test, Linf(0.1), FAST, batch_size=40, progress=False, checks=False,
+                           state_path=state)
+    assert state.exists()
+    resumed = squiggles.evaluate(model, test, Linf(0.1), FAST, batch_size=40, progress=False, checks=False,
+                                 state_path=state)
+    assert torch.equal(resumed.robust, full.robust) and torch.equal(resumed.broken_by, full.broken_by)
+    assert torch.equal(resumed.x_adv, full.x_adv)
+    with pytest.raises(SquigglesError, match="other settings"):
+        squiggles.evaluate(model, test, Linf(0.2), FAST, batch_size=40, progress=False, state_path=state)
+
+
+def test_non_deterministic_model_is_reported_not_hidden(setup):
+    model, test = setup
+
+    class Flaky(nn.Module):
+        """Deterministic while attacked; says 'class 0' to every other call, as a train-mode bug might."""
+
+        def __init__(self):
+            super().__init__()
+            self.inner = model
+            self.calls = 0
+
+        def forward(self, x):
+            self.calls += 1
+            out = self.inner(x)
+            return out if self.calls % 2 else out + 100 * torch.nn.functional.one_hot(
+                torch.zeros(len(x), dtype=torch.long), out.shape[1])
+
+    res = squiggles.evaluate(Flaky(), test, Linf(0.05), (Stage("fgsm"),), batch_size=120, progress=False)
+    codes = {f["code"] for f in res.flags}
+    assert "randomized-model" in codes or "non-deterministic" in codes
+
+
+def test_bad_arguments(setup):
+    model, test = setup
+    with pytest.raises(SquigglesError, match="unknown attack"):
+        squiggles.evaluate(model, test, Linf(0.1), "nope", progress=False)
+    with pytest.raises(SquigglesError, match="minimal-norm"):
+        squiggles.evaluate(model, test, Linf(0.1), ["fmn"], progress=False)
+    with pytest.raises(SquigglesError, match="eps must be"):
+        squiggles.evaluate(model, test, Linf(0.1), FAST, eps=[-1.0], progress=False)
+    with pytest.raises(SquigglesError, match="Dataset or a tuple"):
+        squiggles.evaluate(model, "data", Linf(0.1), FAST, progress=False)
