@@ -143,7 +143,7 @@ def fmn(
 
 def cw(
     model: Callable[[Tensor], Tensor], x: Tensor, y_or_goal: GoalLike, threat: ThreatModel, *,
-    steps: int = 100, binary_steps: int = 9, lr: float = 0.01, initial_const: float = 1e-3,
+    steps: int = 100, binary_steps: int = 9, lr: float = 0.1, initial_const: float = 1e-3,
     confidence: float = 0.0, seed: Seed = 0,
 ) -> AttackResult:
     """Carlini & Wagner L2: Adam on ``||x' - x||^2 + c * max(-margin(x'), -confidence)`` in tanh space.

@@ -1,0 +1,97 @@
+"""Four small defences that hide gradients instead of resisting attacks. The sanity checks must flag each,
+and with the remedies squiggles offers the reported robust accuracy must not be inflated."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import squiggles
+from squiggles.evaluation import Stage
+from squiggles.evaluation.remedies import (
+    expectation_over_transformation,
+    logits_from_probabilities,
+    straight_through,
+)
+from squiggles.threat import Linf
+
+EPS = 0.2
+WHITE_BOX = (Stage("apgd-ce", {"steps": 20}),)
+CASCADE = (Stage("apgd-ce", {"steps": 20}), Stage("apgd-t", {"steps": 20, "n_target_classes": 3}),
+           Stage("square", {"queries": 300}))
+
+
+class Quantize(nn.Module):
+    def forward(self, x):
+        return (x * 4).round() / 4
+
+
+class _Block(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return torch.zeros_like(grad)
+
+
+class GradientBlocker(nn.Module):
+    def forward(self, x):
+        return _Block.apply(x)
+
+
+class Scale(nn.Module):
+    def __init__(self, k):
+        super().__init__()
+        self.k = k
+
+    def forward(self, x):
+        return x * self.k
+
+
+class RandomNoise(nn.Module):
+    def forward(self, x):
+        return (x + 0.3 * torch.randn_like(x)).clamp(0, 1)
+
+
+@pytest.fixture(scope="module")
+def base(digits_model):
+    model = squiggles.load_model(digits_model)
+    test = squiggles.load_dataset("digits", "test").subset(100)
+    res = squiggles.evaluate(model, test, Linf(EPS), CASCADE, batch_size=100, progress=False, checks=False)
+    return model, test, res.robust_accuracy
+
+
+def _evaluate(model, test, stages, checks=True):
+    return squiggles.evaluate(model, test, Linf(EPS), stages, batch_size=100, progress=False, checks=checks, seed=1)
+
+
+def _defences(net):
+    return {
+        "quantisation": (nn.Sequential(Quantize(), net), nn.Sequential(straight_through(Quantize()), net),
+                         "vanishing-gradients"),
+        "gradient-blocker": (nn.Sequential(GradientBlocker(), net),
+                             nn.Sequential(straight_through(GradientBlocker()), net), "vanishing-gradients"),
+        "saturated-softmax": (nn.Sequential(net, Scale(1000.0), nn.Softmax(1)),
+                              logits_from_probabilities(nn.Sequential(net, Scale(1000.0), nn.Softmax(1))),
+                              "probability-outputs"),
+        "random-noise": (nn.Sequential(RandomNoise(), net),
+                         expectation_over_transformation(nn.Sequential(RandomNoise(), net), samples=32),
+                         "randomized-model"),
+    }
+
+
+@pytest.mark.parametrize("name", ["quantisation", "gradient-blocker", "saturated-softmax", "random-noise"])
+def test_checks_flag_the_defence_and_remedies_keep_the_number_honest(base, name):
+    net, test, base_robust = base
+    defended, remedied, code = _defences(net)[name]
+    torch.manual_seed(0)  # the random defence draws its noise from the global RNG, as such layers do
+    naive = _evaluate(defended, test, WHITE_BOX)
+    assert code in {f["code"] for f in naive.flags}, naive.flags
+    honest = _evaluate(remedied, test, CASCADE, checks=False)
+    # The remedied evaluation is no weaker than the naive one, and lands near the undefended model's
+    # robust accuracy instead of the inflated figure.
+    assert honest.robust_accuracy <= naive.robust_accuracy
+    assert honest.robust_accuracy <= base_robust + 0.15, (name, naive.robust_accuracy, honest.robust_accuracy)
