@@ -122,7 +122,8 @@ def add_data_args(parser: argparse.ArgumentParser, split: str = "test") -> None:
         choices=("train", "val", "trainval", "test"),
         help=f"split of a built-in dataset (default: {split})",
     )
-    parser.add_argument("--n", type=positive_int, help="use only the first N points")
+    # --points is the same option under a name torchrun's own parser cannot mistake for one of its options.
+    parser.add_argument("--n", "--points", dest="n", type=positive_int, help="use only the first N points")
     parser.add_argument("--data-dir", help="folder with the dataset's files, when they cannot be fetched")
 
 

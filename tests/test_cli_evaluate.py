@@ -1,0 +1,63 @@
+"""``squiggles evaluate`` end to end, alone and sharded over two processes with torchrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import run_cli
+
+ARGS = ["--dataset", "digits", "--points", "90", "--norm", "linf", "--attacks", "fgsm,pgd,square", "--batch-size", "30",
+        "--quiet"]
+
+
+def test_evaluate_writes_results_curve_and_table(digits_model, tmp_path):
+    out = tmp_path / "eval.json"
+    res = run_cli("evaluate", "--model", str(digits_model), "--eps", "0.05", "0.1", "0.2", "--out", str(out), *ARGS)
+    assert res.returncode == 0, res.stderr
+    data = json.loads(out.read_text())
+    for key in ("schema", "clean_accuracy", "robust_accuracy", "curve", "breakdown", "attacks", "flags",
+                "model_calls", "wall_time_s", "seed", "versions", "model_card", "disagreements"):
+        assert key in data, key
+    assert [c["eps"] for c in data["curve"]] == [0.05, 0.1, 0.2]
+    accs = [c["robust_accuracy"] for c in data["curve"]]
+    assert accs == sorted(accs, reverse=True)
+    assert [s["stage"] for s in data["breakdown"][0]["stages"]] == ["clean", "fgsm", "pgd", "square"]
+    assert (tmp_path / "eval.curve.png").exists()
+    assert not list(tmp_path.glob("*.state*")), "the progress file is removed once the evaluation is complete"
+    assert "robust accuracy" in res.stdout
+    again = run_cli("evaluate", "--model", str(digits_model), "--eps", "0.1", "--out", str(out), *ARGS)
+    assert again.returncode == 2 and "already exists" in again.stderr
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo is exercised on Linux")
+def test_torchrun_two_processes_give_the_single_process_result(digits_model, tmp_path):
+    single = tmp_path / "single.json"
+    assert run_cli("evaluate", "--model", str(digits_model), "--eps", "0.1", "--out", str(single), *ARGS,
+                   "--no-checks").returncode == 0
+    sharded = tmp_path / "sharded.json"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+           "-m", "squiggles", "evaluate", "--model", str(digits_model), "--eps", "0.1", "--out", str(sharded),
+           *ARGS, "--no-checks", "--device", "cpu"]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    a, b = json.loads(single.read_text()), json.loads(sharded.read_text())
+    assert a["robust_accuracy"] == b["robust_accuracy"] and a["clean_accuracy"] == b["clean_accuracy"]
+    assert a["breakdown"][0]["stages"][1:] and [s["broken"] for s in a["breakdown"][0]["stages"][1:]] == \
+        [s["broken"] for s in b["breakdown"][0]["stages"][1:]]
+    assert a["model_calls"] == b["model_calls"]
+
+
+def test_evaluate_bad_arguments(digits_model, tmp_path):
+    res = run_cli("evaluate", "--model", str(digits_model), "--eps", "0.1", "--out", str(tmp_path / "x.txt"), *ARGS)
+    assert res.returncode == 2 and ".json" in res.stderr
+    res = run_cli("evaluate", "--model", str(digits_model), "--eps", "-1", "--out", str(tmp_path / "x.json"), *ARGS)
+    assert res.returncode == 2 and "must be >= 0" in res.stderr
+    res = run_cli("evaluate", "--model", str(digits_model), "--eps", "0.1", "--out", str(tmp_path / "x.json"), *ARGS,
+                  "--attacks", "nope")
+    assert res.returncode == 2 and "unknown attack" in res.stderr
