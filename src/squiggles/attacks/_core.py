@@ -25,7 +25,8 @@ from squiggles.runtime import eval_mode
 from squiggles.threat import ThreatModel
 
 Seed = int | torch.Generator | None
-Core = Callable[["Oracle", Tensor, ResolvedGoal, ThreatModel, torch.Generator], Tensor]
+# A core returns x_adv, or (x_adv, logits) when it already evaluated exactly those inputs.
+Core = Callable[["Oracle", Tensor, ResolvedGoal, ThreatModel, torch.Generator], Tensor | tuple[Tensor, Tensor]]
 
 
 class Oracle:
@@ -150,9 +151,8 @@ def run_attack(
         clean_logits = oracle.logits(x)
         check_logits(clean_logits, len(x))
         goal = resolve_goal(goal_in, clean_logits)
-        x_adv = core(oracle, x, goal, threat, generator) if len(x) else x.clone()
-        x_adv = threat.project(x_adv.detach(), x)
-        logits = oracle.logits(x_adv)
+        out = core(oracle, x, goal, threat, generator) if len(x) else x.clone()
+        x_adv, logits = finalize(oracle, x, out, threat)
     return AttackResult(
         attack=name,
         x_adv=x_adv,
@@ -173,6 +173,31 @@ def run_attack(
     )
 
 
+def finalize(oracle: Oracle, x: Tensor, out: Tensor | tuple[Tensor, Tensor], threat: ThreatModel) -> tuple[Tensor, Tensor]:
+    """The returned inputs, guaranteed inside budget and bounds, and logits from a forward pass on exactly them.
+
+    When the core hands back logits it computed on exactly ``x_adv`` (its best iterates), those are kept for
+    every example already inside the budget and the bounds (up to float round-off), which saves one forward
+    pass; any other example is projected and evaluated again.
+    """
+    x_adv, logits = out if isinstance(out, tuple) else (out, None)
+    x_adv = x_adv.detach()
+    if logits is None:
+        x_adv = threat.project(x_adv, x)
+        return x_adv, oracle.logits(x_adv)
+    lo, hi = threat.bounds
+    tol = 64 * torch.finfo(x.dtype).eps * max(1.0, hi - lo)
+    eps = threat.eps_like(x).flatten()
+    flat = x_adv.flatten(1)
+    inside = (threat.norm(x_adv - x) <= eps * (1 + tol) + tol) & (flat >= lo).all(1) & (flat <= hi).all(1)
+    redo = (~inside).nonzero().flatten()
+    if len(redo):
+        x_adv, logits = x_adv.clone(), logits.clone()
+        x_adv[redo] = threat.project(x_adv[redo], x[redo])
+        logits[redo] = oracle.logits(x_adv[redo], redo)
+    return x_adv, logits
+
+
 def subset_threat(threat: ThreatModel, idx: Tensor) -> ThreatModel:
     """The threat model for a subset of the batch (per-example budgets follow the subset)."""
     if isinstance(threat.eps, Tensor) and threat.eps.dim() > 0:
@@ -181,26 +206,36 @@ def subset_threat(threat: ThreatModel, idx: Tensor) -> ThreatModel:
 
 
 class Best:
-    """Per-example best iterate: success first, then the higher loss. Updated in place on a subset."""
+    """Per-example best iterate: success first, then the higher loss. Updated in place on a subset.
+
+    It keeps the logits each iterate was evaluated with, so the attack can return them with ``x``.
+    """
 
     def __init__(self, x: Tensor) -> None:
         self.x = x.clone()
         self.loss = torch.full((len(x),), -torch.inf, dtype=x.dtype, device=x.device)
         self.success = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        self.logits: Tensor | None = None
 
-    def update(self, idx: Tensor | None, x: Tensor, loss: Tensor, success: Tensor) -> None:
+    def update(self, idx: Tensor | None, x: Tensor, loss: Tensor, success: Tensor, logits: Tensor | None = None) -> None:
         cur_s = self.success if idx is None else self.success[idx]
         cur_l = self.loss if idx is None else self.loss[idx]
         better = (success & ~cur_s) | ((success == cur_s) & (loss > cur_l))
-        if idx is None:
-            self.x[better] = x[better]
-            self.loss = torch.where(better, loss.to(self.loss.dtype), self.loss)
-            self.success |= success
-        else:
-            where = idx[better]
-            self.x[where] = x[better]
-            self.loss[where] = loss[better].to(self.loss.dtype)
-            self.success[where] = (cur_s | success)[better]
+        where = better.nonzero().flatten() if idx is None else idx[better]
+        self.x[where] = x[better]
+        self.loss[where] = loss[better].to(self.loss.dtype)
+        self.success[where] = (cur_s | success)[better]
+        if logits is not None:
+            if self.logits is None:
+                self.logits = torch.full((len(self.x), logits.shape[1]), torch.nan, dtype=logits.dtype,
+                                         device=logits.device)
+            self.logits[where] = logits[better]
+
+    def result(self) -> Tensor | tuple[Tensor, Tensor]:
+        """``x``, with the logits of exactly those inputs when every example has them."""
+        if self.logits is None or torch.isnan(self.logits).any():
+            return self.x
+        return self.x, self.logits
 
 
 def eps_value(threat: ThreatModel, like: Tensor) -> Tensor:

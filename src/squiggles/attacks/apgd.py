@@ -80,7 +80,7 @@ def apgd(
             idx = (~best.success).nonzero().flatten()
             if len(idx) == 0:
                 break
-        return best.x
+        return best.result()
 
     config = {"loss": loss_name, "steps": steps, "restarts": restarts, "rho": rho, "momentum": MOMENTUM,
               "early_stop": early_stop}
@@ -113,15 +113,15 @@ def apgd_targeted(
         ranked = clean.scatter(1, goal.labels.unsqueeze(1), -torch.inf).argsort(1, descending=True)
         best = Best(x)
         best.update(None, x, torch.full((len(x),), -torch.inf, dtype=x.dtype, device=x.device),
-                    goal.success(clean))
+                    goal.success(clean), clean)
         for r in range(min(n_target_classes, clean.shape[1] - 1)):
             loss_goal = ResolvedGoal(goal.labels, ranked[:, r], goal.labels_source)
             for _ in range(restarts):
                 idx = (~best.success).nonzero().flatten()
                 if len(idx) == 0:
-                    return best.x
+                    return best.result()
                 apgd_run(oracle, x, goal, loss_goal, threat, best, idx, dlr, steps, rho, True, gen)
-        return best.x
+        return best.result()
 
     config = {"loss": "dlr-targeted", "n_target_classes": n_target_classes, "steps": steps,
               "restarts": restarts, "rho": rho, "momentum": MOMENTUM, "early_stop": True}
@@ -176,7 +176,7 @@ def apgd_run(
             logits = oracle.logits(x_adv, idx)
             values = loss_fn(logits, loss_goal.labels, loss_goal.targets)
         success = goal.success(logits)
-        best.update(idx, x_adv, values, success)
+        best.update(idx, x_adv, values, success, logits)
         if t == steps:
             break
         if s is None:

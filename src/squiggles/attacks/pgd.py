@@ -72,7 +72,7 @@ def pgd(
             idx = (~best.success).nonzero().flatten()
             if len(idx) == 0:
                 break
-        return best.x
+        return best.result()
 
     config = {
         "steps": steps,
@@ -118,7 +118,7 @@ def pgd_run(
             logits = oracle.logits(x_adv, idx)
             values = loss_fn(logits, goal.labels, goal.targets)
         success = goal.success(logits)
-        best.update(idx, x_adv, values, success)
+        best.update(idx, x_adv, values, success, logits)
         if t == steps:
             break
         if early_stop and success.any():

@@ -52,7 +52,7 @@ ATTACKS: dict[str, AttackSpec] = {s.name: s for s in [
                summary="Auto-PGD, targeted DLR over the top-k other classes (untargeted in effect)"),
     AttackSpec("square", _A + "square:square", ("linf", "l2"), uses_grad=False, steps_option=None,
                summary="score-based black-box Square attack (Andriushchenko et al. 2020)"),
-    AttackSpec("fmn", _A + "minimal:fmn", ("linf", "l2"), kind="minimal",
+    AttackSpec("fmn", _A + "minimal:fmn", _ALL, kind="minimal",
                summary="Fast Minimum-Norm attack (Pintor et al. 2021)"),
     AttackSpec("cw", _A + "minimal:cw", ("l2",), kind="minimal",
                summary="Carlini-Wagner L2 (Carlini & Wagner 2017)"),
