@@ -173,7 +173,9 @@ def run_attack(
     )
 
 
-def finalize(oracle: Oracle, x: Tensor, out: Tensor | tuple[Tensor, Tensor], threat: ThreatModel) -> tuple[Tensor, Tensor]:
+def finalize(
+    oracle: Oracle, x: Tensor, out: Tensor | tuple[Tensor, Tensor], threat: ThreatModel
+) -> tuple[Tensor, Tensor]:
     """The returned inputs, guaranteed inside budget and bounds, and logits from a forward pass on exactly them.
 
     When the core hands back logits it computed on exactly ``x_adv`` (its best iterates), those are kept for
@@ -217,7 +219,9 @@ class Best:
         self.success = torch.zeros(len(x), dtype=torch.bool, device=x.device)
         self.logits: Tensor | None = None
 
-    def update(self, idx: Tensor | None, x: Tensor, loss: Tensor, success: Tensor, logits: Tensor | None = None) -> None:
+    def update(
+        self, idx: Tensor | None, x: Tensor, loss: Tensor, success: Tensor, logits: Tensor | None = None
+    ) -> None:
         cur_s = self.success if idx is None else self.success[idx]
         cur_l = self.loss if idx is None else self.loss[idx]
         better = (success & ~cur_s) | ((success == cur_s) & (loss > cur_l))
@@ -227,8 +231,9 @@ class Best:
         self.success[where] = (cur_s | success)[better]
         if logits is not None:
             if self.logits is None:
-                self.logits = torch.full((len(self.x), logits.shape[1]), torch.nan, dtype=logits.dtype,
-                                         device=logits.device)
+                self.logits = torch.full(
+                    (len(self.x), logits.shape[1]), torch.nan, dtype=logits.dtype, device=logits.device
+                )
             self.logits[where] = logits[better]
 
     def result(self) -> Tensor | tuple[Tensor, Tensor]:

@@ -10,8 +10,16 @@ import argparse
 import os
 from pathlib import Path
 
-from squiggles.cli.common import add_common, add_data_args, add_model_args, nonneg_float, positive_int, resolve_data, \
-    resolve_model, say
+from squiggles.cli.common import (
+    add_common,
+    add_data_args,
+    add_model_args,
+    nonneg_float,
+    positive_int,
+    resolve_data,
+    resolve_model,
+    say,
+)
 from squiggles.errors import SquigglesError
 
 EXAMPLES = """examples:
@@ -23,14 +31,21 @@ EXAMPLES = """examples:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="robust accuracy by the attack cascade (one eps or a curve)",
-                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "evaluate",
+        help="robust accuracy by the attack cascade (one eps or a curve)",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_model_args(p)
     add_data_args(p)
     p.add_argument("--norm", default="linf", choices=("linf", "l2", "l1"))
     p.add_argument("--eps", type=nonneg_float, nargs="+", required=True, help="one budget, or several for a curve")
-    p.add_argument("--attacks", default="standard",
-                   help="ensemble (standard, quick) or comma-separated attack names (default: standard)")
+    p.add_argument(
+        "--attacks",
+        default="standard",
+        help="ensemble (standard, quick) or comma-separated attack names (default: standard)",
+    )
     p.add_argument("--batch-size", type=positive_int, default=500)
     p.add_argument("--state", help="progress file (default: OUT with .state.safetensors); rerun to resume")
     p.add_argument("--no-checks", action="store_true", help="skip the sanity checks")
@@ -60,16 +75,28 @@ def run(args: argparse.Namespace) -> int:
     data = resolve_data(args)
     threat = make_threat(args.norm, args.eps[0], data.bounds)
     state = Path(args.state) if args.state else out.with_suffix(".state.safetensors")
-    result = evaluate(model, data, threat, args.attacks, eps=args.eps, batch_size=args.batch_size, seed=args.seed,
-                      state_path=state, checks=not args.no_checks, progress=not args.quiet and not rank,
-                      device=device)
+    result = evaluate(
+        model,
+        data,
+        threat,
+        args.attacks,
+        eps=args.eps,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        state_path=state,
+        checks=not args.no_checks,
+        progress=not args.quiet and not rank,
+        device=device,
+    )
     if rank:
         return 0
-    report = {**result.to_json(), "model": args.model, "model_card": card, "dataset": args.dataset,
-              "split": args.split}
+    report = {**result.to_json(), "model": args.model, "model_card": card, "dataset": args.dataset, "split": args.split}
     if len(result.eps) > 1:
-        plot = eps_curve(out.with_suffix(".curve.png"), {Path(args.model).name: (result.eps,
-                         [c["robust_accuracy"] for c in result.curve()])}, args.norm)
+        plot = eps_curve(
+            out.with_suffix(".curve.png"),
+            {Path(args.model).name: (result.eps, [c["robust_accuracy"] for c in result.curve()])},
+            args.norm,
+        )
         report["files"] = [plot.name]
     write_json(out, report)
     for path in state.parent.glob(state.stem + "*" + state.suffix):

@@ -7,7 +7,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 
 from squiggles.attacks._core import subset_threat
@@ -55,13 +54,3 @@ def run_cascade(
 def stage_seed(seed: int, chunk: int, eps_index: int) -> int:
     """A seed fixed by (seed, chunk, budget), so a resumed or sharded run repeats the same attacks."""
     return (seed * 1_000_003 + chunk * 10_007 + eps_index * 101) % (2**62)
-
-
-def attack_once(model, x, y, threat, attack: str, seed: int, **options):  # noqa: ANN001, ANN201
-    """Run one registry attack with the cascade's conventions (for pre-passes and checks)."""
-    return get_attack(attack)(model, x, y, threat, seed=seed, **options)
-
-
-def clean_correct(model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor) -> Tensor:
-    with torch.no_grad():
-        return model(x).argmax(1) == y

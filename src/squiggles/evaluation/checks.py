@@ -23,8 +23,15 @@ def flag(code: str, message: str, advice: str) -> Flag:
     return {"code": code, "message": message, "advice": advice}
 
 
-def run_checks(model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, threat: ThreatModel, result: EvalResult,
-               device: torch.device, seed: int) -> list[Flag]:
+def run_checks(
+    model: Callable[[Tensor], Tensor],
+    x: Tensor,
+    y: Tensor,
+    threat: ThreatModel,
+    result: EvalResult,
+    device: torch.device,
+    seed: int,
+) -> list[Flag]:
     """All checks on up to ``SAMPLE`` correctly classified points; returns the flags raised."""
     from squiggles.attacks._core import attack_mode
 
@@ -52,12 +59,19 @@ def _forward(model: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
 
 
 def check_probabilities(logits: Tensor) -> Flag | None:
-    if len(logits) and (logits >= 0).all() and (logits <= 1).all() and \
-            torch.allclose(logits.sum(1), torch.ones_like(logits[:, 0]), atol=1e-3):
-        return flag("probability-outputs", "the model's outputs are probabilities (rows in [0, 1] summing to 1), "
-                    "not logits; a saturated softmax hides gradients",
-                    "remove the final softmax so the model returns logits "
-                    "(squiggles.evaluation.remedies.logits_from_probabilities), then evaluate again")
+    if (
+        len(logits)
+        and (logits >= 0).all()
+        and (logits <= 1).all()
+        and torch.allclose(logits.sum(1), torch.ones_like(logits[:, 0]), atol=1e-3)
+    ):
+        return flag(
+            "probability-outputs",
+            "the model's outputs are probabilities (rows in [0, 1] summing to 1), "
+            "not logits; a saturated softmax hides gradients",
+            "remove the final softmax so the model returns logits "
+            "(squiggles.evaluation.remedies.logits_from_probabilities), then evaluate again",
+        )
     return None
 
 
@@ -65,10 +79,13 @@ def check_randomness(model: Callable[[Tensor], Tensor], x: Tensor, logits: Tenso
     again = _forward(model, x)
     if not torch.allclose(again, logits, rtol=1e-4, atol=1e-5):
         frac = (again.argmax(1) != logits.argmax(1)).float().mean().item()
-        return flag("randomized-model", f"two forward passes on the same inputs differ ({100 * frac:.0f}% of labels "
-                    "changed): the model is randomised, so one lucky pass can make a point look robust",
-                    "evaluate the expectation over transformation "
-                    "(squiggles.evaluation.remedies.expectation_over_transformation(model, samples=16))")
+        return flag(
+            "randomized-model",
+            f"two forward passes on the same inputs differ ({100 * frac:.0f}% of labels "
+            "changed): the model is randomised, so one lucky pass can make a point look robust",
+            "evaluate the expectation over transformation "
+            "(squiggles.evaluation.remedies.expectation_over_transformation(model, samples=16))",
+        )
     return None
 
 
@@ -85,36 +102,47 @@ def check_gradients(model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor) -> 
     tiny = float(torch.finfo(x.dtype).eps) * 1e-3
     frac = (norms <= tiny).float().mean().item()
     if frac > 0.1:
-        return flag("vanishing-gradients", f"the input gradient is zero or vanishing for {100 * frac:.0f}% of correctly "
-                    "classified points: gradient attacks have nothing to follow (gradient masking)",
-                    "replace non-differentiable steps by a straight-through estimate (BPDA, "
-                    "squiggles.evaluation.remedies.straight_through) and rely on the black-box stage (Square)")
+        return flag(
+            "vanishing-gradients",
+            f"the input gradient is zero or vanishing for {100 * frac:.0f}% of correctly "
+            "classified points: gradient attacks have nothing to follow (gradient masking)",
+            "replace non-differentiable steps by a straight-through estimate (BPDA, "
+            "squiggles.evaluation.remedies.straight_through) and rely on the black-box stage (Square)",
+        )
     return None
 
 
 def check_disagreement(result: EvalResult) -> Flag | None:
     bad = sum(result.disagreements)
     if bad:
-        return flag("non-deterministic", f"the final forward pass disagreed with the attacks' own verdict on {bad} "
-                    "point(s); they are counted as not robust",
-                    "make the model deterministic (eval mode, no dropout or random transforms at test time)")
+        return flag(
+            "non-deterministic",
+            f"the final forward pass disagreed with the attacks' own verdict on {bad} "
+            "point(s); they are counted as not robust",
+            "make the model deterministic (eval mode, no dropout or random transforms at test time)",
+        )
     return None
 
 
-def check_eps_zero(model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, threat: ThreatModel,
-                   seed: int) -> Flag | None:
+def check_eps_zero(
+    model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, threat: ThreatModel, seed: int
+) -> Flag | None:
     from squiggles.attacks.registry import get_attack
 
     res = get_attack("apgd-ce")(model, x, y, threat.with_eps(0.0), steps=5, seed=seed)
     if res.robust_accuracy != 1.0:
-        return flag("eps-zero", f"at eps = 0 accuracy is {100 * res.robust_accuracy:.1f}% on points classified "
-                    "correctly a moment before: the model is not a fixed function of its input",
-                    "check for randomness, train-mode layers, or inputs outside the bounds")
+        return flag(
+            "eps-zero",
+            f"at eps = 0 accuracy is {100 * res.robust_accuracy:.1f}% on points classified "
+            "correctly a moment before: the model is not a fixed function of its input",
+            "check for randomness, train-mode layers, or inputs outside the bounds",
+        )
     return None
 
 
-def check_large_eps(model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, threat: ThreatModel,
-                    seed: int) -> Flag | None:
+def check_large_eps(
+    model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, threat: ThreatModel, seed: int
+) -> Flag | None:
     from squiggles.attacks.registry import get_attack
 
     lo, hi = threat.bounds
@@ -122,17 +150,27 @@ def check_large_eps(model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, thr
     big = {"linf": hi - lo, "l2": (hi - lo) * d**0.5, "l1": (hi - lo) * d}[threat.name]
     res = get_attack("apgd-ce")(model, x, y, threat.with_eps(big), steps=20, seed=seed)
     if res.robust_accuracy > 0.1:
-        return flag("large-eps", f"with eps = {big:g}, enough to reach any input, {100 * res.robust_accuracy:.0f}% of "
-                    "points stay correct: the attack is not working on this model",
-                    "look for gradient masking (quantisation, saturated outputs, non-differentiable layers)")
+        return flag(
+            "large-eps",
+            f"with eps = {big:g}, enough to reach any input, {100 * res.robust_accuracy:.0f}% of "
+            "points stay correct: the attack is not working on this model",
+            "look for gradient masking (quantisation, saturated outputs, non-differentiable layers)",
+        )
     return None
 
 
 def check_curve_flat(result: EvalResult) -> Flag | None:
-    if len(result.eps) > 1 and result.eps[-1] > 0 and result.accuracy_at(-1) >= result.accuracy_at(0) - 1e-9 \
-            and result.accuracy_at(0) > 0:
-        return flag("flat-curve", f"accuracy does not fall from eps {result.eps[0]:g} to {result.eps[-1]:g}",
-                    "a real model loses accuracy as the budget grows; check for gradient masking")
+    if (
+        len(result.eps) > 1
+        and result.eps[-1] > 0
+        and result.accuracy_at(-1) >= result.accuracy_at(0) - 1e-9
+        and result.accuracy_at(0) > 0
+    ):
+        return flag(
+            "flat-curve",
+            f"accuracy does not fall from eps {result.eps[0]:g} to {result.eps[-1]:g}",
+            "a real model loses accuracy as the budget grows; check for gradient masking",
+        )
     return None
 
 
@@ -142,7 +180,10 @@ def check_black_box(result: EvalResult) -> Flag | None:
             earlier_white = any(s["attack"] != "square" for s in result.stages[:si])
             broken = int((result.broken_by[k] == si).sum())
             if stage["attack"] == "square" and earlier_white and broken:
-                return flag("black-box-stronger", f"at eps {eps:g} the black-box Square attack broke {broken} point(s) "
-                            "that the white-box attacks could not: a sign of gradient masking",
-                            "trust the cascade's number (it includes Square); investigate the model's gradients")
+                return flag(
+                    "black-box-stronger",
+                    f"at eps {eps:g} the black-box Square attack broke {broken} point(s) "
+                    "that the white-box attacks could not: a sign of gradient masking",
+                    "trust the cascade's number (it includes Square); investigate the model's gradients",
+                )
     return None
