@@ -130,5 +130,5 @@ def test_data_list_info_fetch():
     assert listing.returncode == 0
     assert [line.split()[0] for line in listing.stdout.splitlines()] == ["mnist", "fashion-mnist", "digits", "spheres"]
     info = run_cli("data", "info", "digits")
-    assert info.returncode == 0 and json.loads(info.stdout)["classes"] == 10
+    assert info.returncode == 0 and json.loads(info.stdout)["num_classes"] == 10
     assert run_cli("data", "fetch", "digits", "--quiet").returncode == 0
