@@ -49,6 +49,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", help="folder with the dataset's files, when they cannot be fetched")
     p.add_argument("--out", required=True, help="output folder for model.safetensors, card.json and the checkpoint")
     p.add_argument("--method", default="standard", choices=sorted(METHODS), help="training method (default: standard)")
+    p.add_argument("--eps", type=nonneg_float, help="adversarial methods: the budget (default 0.3)")
+    p.add_argument("--norm", choices=("linf", "l2", "l1"), help="adversarial methods: the threat model (default linf)")
+    p.add_argument("--attack-steps", type=positive_int, help="pgd / trades: attack steps per batch (default 10)")
+    p.add_argument("--attack-step-size", type=positive_float, help="attack step size (default 2.5 eps / steps)")
+    p.add_argument("--beta", type=nonneg_float, help="trades: weight of the KL term (default 6)")
+    p.add_argument("--warmup", type=nonneg_float, help="ramp eps up over this fraction of training")
     p.add_argument("--epochs", type=positive_int, default=1)
     p.add_argument("--batch-size", type=positive_int, default=128)
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
@@ -70,10 +76,12 @@ def run(args: argparse.Namespace) -> int:
     from squiggles.train import TrainConfig, train_model
 
     check_names(args.model, args.dataset)
+    method_options = _method_options(args)
     config = TrainConfig(
         arch=args.model,
         dataset=args.dataset,
         method=args.method,
+        method_options=method_options,
         epochs=args.epochs,
         batch_size=args.batch_size,
         optimizer=args.optimizer,
@@ -107,6 +115,28 @@ def run(args: argparse.Namespace) -> int:
         f"({result.wall_time_s:.1f}s); saved to {out}"
     )
     return 0
+
+
+METHOD_FLAGS = {"eps": "eps", "norm": "norm", "attack_steps": "steps", "attack_step_size": "step_size",
+                "beta": "beta", "warmup": "warmup"}
+
+
+def _method_options(args: argparse.Namespace) -> dict:
+    """Options of the training method from the flags given; a flag the method does not take is an error."""
+    import inspect
+
+    from squiggles.train.methods import METHODS
+
+    accepted = inspect.signature(METHODS[args.method]).parameters
+    options = {}
+    for flag, key in METHOD_FLAGS.items():
+        value = getattr(args, flag)
+        if value is None:
+            continue
+        if key not in accepted:
+            raise SquigglesError(f"--method {args.method} takes no --{flag.replace('_', '-')}")
+        options[key] = value
+    return options
 
 
 def check_names(model: str, dataset: str) -> None:

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from squiggles.errors import SquigglesError
+
 
 @dataclass(frozen=True)
 class StepContext:
@@ -41,7 +43,7 @@ def standard(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContex
 
 def make_standard(**options: Any) -> TrainMethod:
     if options:
-        raise ValueError(f"method 'standard' takes no options, got {', '.join(options)}")
+        raise SquigglesError(f"method 'standard' takes no options, got {', '.join(options)}")
     return standard
 
 
@@ -51,5 +53,5 @@ METHODS: dict[str, Callable[..., TrainMethod]] = {"standard": make_standard}
 def make_method(name: str, **options: Any) -> TrainMethod:
     """Build a training method by name with its options."""
     if name not in METHODS:
-        raise ValueError(f"unknown training method {name!r}; choose one of {', '.join(METHODS)}")
+        raise SquigglesError(f"unknown training method {name!r}; choose one of {', '.join(METHODS)}")
     return METHODS[name](**options)
