@@ -44,6 +44,24 @@ def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: di
     atomic_write(path, lambda p: save_file(flat, str(p), metadata=metadata))
 
 
+def write_state(path: Path, tensors: dict[str, torch.Tensor], header: dict[str, Any]) -> None:
+    """Atomically write tensors plus a JSON header (in the safetensors metadata): one file, one rename."""
+    write_safetensors(path, tensors, metadata={"header": json.dumps(header, default=_json_default)})
+
+
+def read_state(path: Path, what: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors and JSON header written by `write_state`; a clear error names ``what`` when it is unreadable."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = json.loads((f.metadata() or {})["header"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as exc:
+        raise SquigglesError(f"{what} {path} is unreadable ({exc}); delete it to start afresh") from None
+    return tensors, header
+
+
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, torch.Tensor):
         return obj.tolist()

@@ -6,17 +6,15 @@ where it stopped. Under ``torchrun`` each process keeps its own state file and t
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
-from squiggles._io import write_safetensors
+from squiggles._io import read_state, write_state
 from squiggles.errors import SquigglesError
 from squiggles.evaluation.cascade import ROBUST, StageStats
 
@@ -63,12 +61,7 @@ def load_or_new(state_path: str | Path | None, rank: int, fingerprint: str, n: i
     path = _path(state_path, rank)
     if path is None or not path.exists():
         return fresh
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            header = json.loads((f.metadata() or {})["header"])
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as exc:
-        raise SquigglesError(f"evaluation state {path} is unreadable ({exc}); delete it to start afresh") from None
+    tensors, header = read_state(path, "evaluation state")
     if header.get("fingerprint") != fingerprint:
         raise SquigglesError(f"evaluation state {path} belongs to an evaluation with other settings or data; "
                              "use another --state file or delete this one")
@@ -89,7 +82,7 @@ def save(state_path: str | Path | None, rank: int, st: State, fingerprint: str) 
     if st.x_adv is not None:
         tensors["x_adv"] = st.x_adv
     header = {"fingerprint": fingerprint, "stats": [[s.__dict__ for s in per] for per in st.stats]}
-    write_safetensors(path, tensors, metadata={"header": json.dumps(header)})
+    write_state(path, tensors, header)
 
 
 def gather(st: State, world: int, starts: list[int], size: int) -> State:

@@ -5,16 +5,13 @@ One file means one atomic rename per epoch: a kill at any moment leaves the prev
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
 from torch import nn
 
-from squiggles._io import write_safetensors
-from squiggles.errors import SquigglesError
+from squiggles._io import read_state, write_state
 
 CHECKPOINT = "checkpoint.safetensors"
 
@@ -32,17 +29,12 @@ def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
                 scalars.setdefault(str(idx), {})[name] = value
     tensors["rng/torch"] = torch.get_rng_state()
     meta = dict(header, param_groups=opt["param_groups"], optim_scalars=scalars)
-    write_safetensors(path, tensors, metadata={"header": json.dumps(meta)})
+    write_state(path, tensors, meta)
 
 
 def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Restore model, optimiser and global RNG state from ``path``; return the JSON header."""
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            header = json.loads((f.metadata() or {})["header"])
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as exc:
-        raise SquigglesError(f"checkpoint {path} is unreadable ({exc}); delete it to start afresh") from None
+    tensors, header = read_state(path, "checkpoint")
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
     state: dict[int, dict[str, Any]] = {}
