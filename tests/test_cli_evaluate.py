@@ -41,7 +41,7 @@ def test_torchrun_two_processes_give_the_single_process_result(digits_model, tmp
                    "--no-checks").returncode == 0
     sharded = tmp_path / "sharded.json"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "squiggles", "evaluate", "--model", str(digits_model), "--eps", "0.1", "--out", str(sharded),
            *ARGS, "--no-checks", "--device", "cpu"]
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
