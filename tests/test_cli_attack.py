@@ -99,7 +99,7 @@ def test_targeted_attack_from_the_cli(digits_model, tmp_path):
         (["--attack", "nope", "--eps", "0.1"], "unknown attack 'nope'; choose one of: fgsm"),
         (["--attack", "pgd"], "--eps is required"),
         (["--attack", "pgd", "--eps", "-0.1"], "--eps: must be >= 0"),
-        (["--attack", "fgsm", "--eps", "0.1", "--steps", "5"], "has no option --steps"),
+        (["--attack", "fgsm", "--eps", "0.1", "--steps", "5"], "attack 'fgsm' takes no --steps"),
     ],
 )
 def test_attack_bad_arguments(digits_model, tmp_path, extra, message):

@@ -4,7 +4,6 @@ summary and a picture of clean / perturbation / adversarial examples."""
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import math
 import time
@@ -15,6 +14,7 @@ from squiggles.cli.common import (
     add_common,
     add_data_args,
     add_model_args,
+    flag_options,
     nonneg_float,
     positive_float,
     positive_int,
@@ -120,16 +120,7 @@ def _eps(args: argparse.Namespace, kind: str) -> float:
 
 
 def _attack_kwargs(args: argparse.Namespace, spec: Any) -> dict[str, Any]:
-    accepted = inspect.signature(spec.fn).parameters
-    kwargs = {}
-    for opt, key in OPTIONS.items():
-        value = getattr(args, opt, None)
-        if value is None:
-            continue
-        if key not in accepted:
-            raise SquigglesError(f"attack {spec.name!r} has no option --{opt.replace('_', '-')}")
-        kwargs[key] = value
-    return kwargs
+    return flag_options(args, spec.fn, OPTIONS, f"attack {spec.name!r}")
 
 
 def _targets(args: argparse.Namespace, model: Any, x: Any, y: Any, num_classes: int, gen: Any) -> Any:

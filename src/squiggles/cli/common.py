@@ -58,6 +58,27 @@ def key_values(pairs: list[str] | None) -> dict[str, Any]:
     return out
 
 
+def flag_options(args: argparse.Namespace, fn: Any, flags: dict[str, str], owner: str) -> dict[str, Any]:
+    """Keyword options for ``fn`` from the flags the user gave (``flags``: flag dest -> keyword).
+
+    A flag ``fn`` does not take is an error naming ``owner``, rather than a silently ignored option.
+    """
+    import inspect
+
+    from squiggles.errors import SquigglesError
+
+    accepted = inspect.signature(fn).parameters
+    options = {}
+    for dest, key in flags.items():
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        if key not in accepted:
+            raise SquigglesError(f"{owner} takes no --{dest.replace('_', '-')}")
+        options[key] = value
+    return options
+
+
 def add_common(parser: argparse.ArgumentParser, *, seed: bool = True) -> None:
     """Options nearly every command takes: device, seed, quiet."""
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default: auto)")

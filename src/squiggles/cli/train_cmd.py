@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from squiggles.cli.common import add_common, key_values, nonneg_float, positive_float, positive_int, say
+from squiggles.cli.common import add_common, flag_options, key_values, nonneg_float, positive_float, positive_int, say
 from squiggles.errors import SquigglesError
 
 EXAMPLES = """examples:
@@ -117,26 +117,20 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-METHOD_FLAGS = {"eps": "eps", "norm": "norm", "attack_steps": "steps", "attack_step_size": "step_size",
-                "beta": "beta", "warmup": "warmup"}
+METHOD_FLAGS = {
+    "eps": "eps",
+    "norm": "norm",
+    "attack_steps": "steps",
+    "attack_step_size": "step_size",
+    "beta": "beta",
+    "warmup": "warmup",
+}
 
 
 def _method_options(args: argparse.Namespace) -> dict:
-    """Options of the training method from the flags given; a flag the method does not take is an error."""
-    import inspect
-
     from squiggles.train.methods import METHODS
 
-    accepted = inspect.signature(METHODS[args.method]).parameters
-    options = {}
-    for flag, key in METHOD_FLAGS.items():
-        value = getattr(args, flag)
-        if value is None:
-            continue
-        if key not in accepted:
-            raise SquigglesError(f"--method {args.method} takes no --{flag.replace('_', '-')}")
-        options[key] = value
-    return options
+    return flag_options(args, METHODS[args.method], METHOD_FLAGS, f"--method {args.method}")
 
 
 def check_names(model: str, dataset: str) -> None:

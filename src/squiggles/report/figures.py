@@ -8,6 +8,16 @@ import torch
 from torch import Tensor
 
 
+def _pyplot():  # noqa: ANN202
+    """matplotlib's pyplot on the headless Agg backend, imported only when a figure is drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def is_image_batch(x: Tensor) -> bool:
     """N x C x H x W with 1 or 3 channels: something we can draw as pictures."""
     return x.dim() == 4 and x.shape[1] in (1, 3)
@@ -26,11 +36,7 @@ def attack_grid(
     rows: int = 8,
 ) -> Path:
     """Clean image, signed perturbation (a heat map) and adversarial image, one example per row."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     n = min(rows, len(clean))
     fig, axes = plt.subplots(n, 3, figsize=(6, 2 * n), squeeze=False)
     delta = (adv - clean)[:n]
@@ -73,11 +79,7 @@ def confidence(logits: Tensor) -> Tensor:
 
 def eps_curve(path: Path, curves: dict[str, tuple[list[float], list[float]]], norm: str, title: str = "") -> Path:
     """Robust accuracy against the budget, one line per model or setting (PNG or SVG by the suffix)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for label, (eps, acc) in curves.items():
         ax.plot(eps, [100 * a for a in acc], marker="o", label=label)
