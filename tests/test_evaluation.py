@@ -118,3 +118,13 @@ def test_bad_arguments(setup):
         squiggles.evaluate(model, test, Linf(0.1), FAST, eps=[-1.0], progress=False)
     with pytest.raises(SquigglesError, match="Dataset or a tuple"):
         squiggles.evaluate(model, "data", Linf(0.1), FAST, progress=False)
+
+
+def test_model_calls_include_the_minimal_norm_prepass(setup):
+    model, test = setup
+    res = squiggles.evaluate(model, test, Linf(0.1), FAST, eps=[0.05, 0.1], batch_size=60, progress=False,
+                             checks=False)
+    stages = sum(s["forwards"] for per in res.stage_stats for s in per)
+    assert res.prepass_stats is not None and res.prepass_stats["forwards"] > 0
+    assert res.model_calls()["forwards"] == stages + res.prepass_stats["forwards"]
+    assert res.to_json()["minimal_norm_prepass"]["backwards"] > 0

@@ -96,7 +96,7 @@ def _run_chunk(
         with torch.no_grad():
             correct = model(x).argmax(1) == y
     st.clean_correct[lo:hi] = correct.cpu()
-    x_min, min_norm = _minimal_pass(model, x, y, threat, seed, chunk) if reuse else (None, None)
+    x_min, min_norm = _minimal_pass(model, x, y, threat, seed, chunk, st.prepass) if reuse else (None, None)
     if min_norm is not None:
         st.min_norms[lo:hi] = min_norm.cpu()
     robust, x_adv = correct.clone(), x.clone()
@@ -117,12 +117,13 @@ def _run_chunk(
             st.add_stats(k, si, s)
 
 
-def _minimal_pass(model: Model, x: Tensor, y: Tensor, threat: ThreatModel, seed: int,
-                  chunk: int) -> tuple[Tensor, Tensor]:
+def _minimal_pass(model: Model, x: Tensor, y: Tensor, threat: ThreatModel, seed: int, chunk: int,
+                  stats: StageStats) -> tuple[Tensor, Tensor]:
     """Per-point minimal adversarial norms by FMN (inf where none was found) and the inputs that reach them."""
     from squiggles.attacks.registry import get_attack
 
     res = get_attack("fmn")(model, x, y, threat.with_eps(math.inf), seed=stage_seed(seed, chunk, 999))
+    stats.add(res.forwards, res.backwards, res.wall_time_s)
     norms = torch.where(res.success & res.clean_correct, res.norms, torch.full_like(res.norms, math.inf))
     return res.x_adv, norms
 
@@ -147,6 +148,7 @@ def _finish(
         eps=budgets, threat=threat.describe(), stages=[s.describe() for s in stages], labels=y.cpu(),
         clean_correct=st.clean_correct, robust=robust, broken_by=st.broken_by, x_adv=st.x_adv,
         min_norms=st.min_norms if config["reuse_minimal"] else None, stage_stats=stats,
+        prepass_stats=st.prepass.__dict__.copy() if config["reuse_minimal"] else None,
         disagreements=disagreements, config=config, seed=seed, provenance={"versions": versions()},
     )
 

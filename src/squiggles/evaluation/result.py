@@ -34,6 +34,7 @@ class EvalResult:
     min_norms: Tensor | None
     stage_stats: list[list[dict[str, Any]]]
     disagreements: list[int]
+    prepass_stats: dict[str, Any] | None = None
     flags: list[dict[str, str]] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
     wall_time_s: float = 0.0
@@ -85,6 +86,7 @@ class EvalResult:
             "curve": self.curve(),
             "breakdown": [{"eps": e, "stages": self.breakdown(k)} for k, e in enumerate(self.eps)],
             "attacks": self.stages,
+            "minimal_norm_prepass": self.prepass_stats,
             "flags": self.flags,
             "disagreements": self.disagreements,
             "model_calls": self.model_calls(),
@@ -95,9 +97,10 @@ class EvalResult:
         }
 
     def model_calls(self) -> dict[str, int]:
-        fw = sum(s["forwards"] for per_eps in self.stage_stats for s in per_eps)
-        bw = sum(s["backwards"] for per_eps in self.stage_stats for s in per_eps)
-        return {"forwards": fw, "backwards": bw}
+        """Every model call of the evaluation: all stages at all budgets plus the minimal-norm pre-pass."""
+        rows = [s for per_eps in self.stage_stats for s in per_eps]
+        rows += [self.prepass_stats] if self.prepass_stats else []
+        return {"forwards": sum(s["forwards"] for s in rows), "backwards": sum(s["backwards"] for s in rows)}
 
     def table(self) -> str:
         """A console table: one row per stage and budget, cumulative accuracy, calls and time."""

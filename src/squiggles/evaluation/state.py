@@ -28,6 +28,7 @@ class State:
     min_norms: Tensor       # per point, inf where unknown
     x_adv: Tensor | None    # budgets x points x ...
     stats: list[list[StageStats]]
+    prepass: StageStats     # the minimal-norm pre-pass, when it runs
 
     def add_stats(self, k: int, si: int, s: StageStats) -> None:
         self.stats[k][si].add(s.forwards, s.backwards, s.seconds)
@@ -43,7 +44,7 @@ def new_state(n: int, budgets: int, stages: int, chunks: int, shape: torch.Size,
         done=torch.zeros(chunks, dtype=torch.bool), clean_correct=torch.zeros(n, dtype=torch.bool),
         robust=torch.zeros(budgets, n, dtype=torch.bool), broken_by=torch.full((budgets, n), ROBUST),
         min_norms=torch.full((n,), math.inf), x_adv=torch.zeros(budgets, n, *shape, dtype=dtype) if keep_adv else None,
-        stats=[[StageStats() for _ in range(stages)] for _ in range(budgets)],
+        stats=[[StageStats() for _ in range(stages)] for _ in range(budgets)], prepass=StageStats(),
     )
 
 
@@ -70,6 +71,7 @@ def load_or_new(state_path: str | Path | None, rank: int, fingerprint: str, n: i
     if keep_adv:
         fresh.x_adv = tensors["x_adv"]
     fresh.stats = [[StageStats(**s) for s in per] for per in header["stats"]]
+    fresh.prepass = StageStats(**header["prepass"])
     return fresh
 
 
@@ -81,7 +83,8 @@ def save(state_path: str | Path | None, rank: int, st: State, fingerprint: str) 
                "min_norms": st.min_norms}
     if st.x_adv is not None:
         tensors["x_adv"] = st.x_adv
-    header = {"fingerprint": fingerprint, "stats": [[s.__dict__ for s in per] for per in st.stats]}
+    header = {"fingerprint": fingerprint, "stats": [[s.__dict__ for s in per] for per in st.stats],
+              "prepass": st.prepass.__dict__}
     write_state(path, tensors, header)
 
 
@@ -107,6 +110,7 @@ def gather(st: State, world: int, starts: list[int], size: int) -> State:
         for k, per in enumerate(other.stats):
             for si, s in enumerate(per):
                 merged.add_stats(k, si, s)
+        merged.prepass.add(other.prepass.forwards, other.prepass.backwards, other.prepass.seconds)
     return merged
 
 
