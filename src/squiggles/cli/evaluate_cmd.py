@@ -56,11 +56,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from squiggles._io import ensure_writable_dir, write_json
-    from squiggles.evaluation import evaluate
-    from squiggles.report.figures import eps_curve
-    from squiggles.runtime import resolve_device
-    from squiggles.threat import make_threat
+    from squiggles._io import ensure_writable_dir
 
     out = Path(args.out)
     if out.suffix != ".json":
@@ -69,6 +65,22 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and not args.overwrite:
         raise SquigglesError(f"{out} already exists; use --overwrite or another --out")
     rank = _init_distributed(args.device)
+    try:
+        return _evaluate_and_write(args, out, rank)
+    finally:
+        if rank is not None:  # leave the process group cleanly so torchrun's workers exit without warnings
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _evaluate_and_write(args: argparse.Namespace, out: Path, rank: int | None) -> int:
+    from squiggles._io import write_json
+    from squiggles.evaluation import evaluate
+    from squiggles.report.figures import eps_curve
+    from squiggles.runtime import resolve_device
+    from squiggles.threat import make_threat
+
     device = resolve_device(args.device if rank is None else _rank_device(args.device))
     model, card = resolve_model(args)
     model.to(device)

@@ -47,16 +47,12 @@ def attack_grid(
             (delta[i].mean(0).numpy(), "RdBu_r", (-scale, scale), f"perturbation (max {scale:.3g})"),
             (_hwc(adv[i], bounds), "gray", None, f"pred {int(adv_pred[i])} ({float(adv_conf[i]):.2f})"),
         ]
-        for ax, (img, cmap, lim, text) in zip(axes[i], panels, strict=True):
+        fooled = int(adv_pred[i]) != int(labels[i])
+        for col, (ax, (img, cmap, lim, text)) in enumerate(zip(axes[i], panels, strict=True)):
             kwargs = {"vmin": lim[0], "vmax": lim[1]} if lim else {"vmin": 0, "vmax": 1}
             ax.imshow(img, cmap=cmap, **kwargs)
-            ax.set_title(
-                text,
-                fontsize=8,
-                color="crimson"
-                if text.startswith("pred") and int(adv_pred[i]) != int(labels[i]) and ax is axes[i][2]
-                else "black",
-            )
+            # The adversarial panel's title turns red when the model was fooled.
+            ax.set_title(text, fontsize=8, color="crimson" if col == 2 and fooled else "black")
             ax.axis("off")
     if title:
         fig.suptitle(title, fontsize=9)
