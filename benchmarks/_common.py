@@ -128,6 +128,42 @@ def seed_global_rngs(seed: int = 0) -> None:
         numpy.random.seed(seed)
 
 
+def interleaved_batches(
+    fns: dict[str, Callable[[Tensor, Tensor], Any]],
+    x: Tensor,
+    y: Tensor,
+    batch_size: int,
+    repeats: int,
+    warmup: int = 16,
+) -> dict[str, tuple[list[Any], float]]:
+    """Like `timed_batches` for several methods at once: batch by batch, each method in turn (the order rotating
+    with the repeat), every batch ``repeats`` times; each method's time is the sum over batches of its best time
+    on that batch, and its outputs are those of the first repeat.
+
+    Interleaving at the batch level puts every method under the same drift of a shared machine, and the
+    per-batch minimum drops the calls a neighbour disturbed (as `timeit` does).
+    """
+    for fn in fns.values():
+        fn(x[:warmup], y[:warmup])
+    names = list(fns)
+    outs: dict[str, list[Any]] = {name: [] for name in names}
+    best: dict[str, list[float]] = {name: [] for name in names}
+    for b, (xb, yb) in enumerate(batches(x, y, batch_size)):
+        for r in range(repeats):
+            shift = (b + r) % len(names)
+            for name in names[shift:] + names[:shift]:
+                seed_global_rngs(b)
+                start = time.perf_counter()
+                out = fns[name](xb, yb)
+                seconds = time.perf_counter() - start
+                if r == 0:
+                    outs[name].append(out)
+                    best[name].append(seconds)
+                else:
+                    best[name][b] = min(best[name][b], seconds)
+    return {name: (outs[name], sum(best[name])) for name in names}
+
+
 def timed_batches(
     fn: Callable[[Tensor, Tensor], Any],
     x: Tensor,

@@ -32,6 +32,7 @@ from _common import (
     ensure_model,
     eval_data,
     frozen,
+    interleaved_batches,
     library_versions,
     log,
     machine_info,
@@ -156,6 +157,13 @@ def measure(name: str, fn: Runner, s: Setup, x: Tensor, y: Tensor, threat: Threa
     """Time ``fn`` over the batches (after a warm-up), then check and score its adversarial examples."""
     log(f"  {name} ...")
     outs, seconds = timed_batches(fn, x, y, s.batch_size)
+    return score(name, outs, seconds, x, y, s, threat)
+
+
+def score(
+    name: str, outs: list[Any], seconds: float, x: Tensor, y: Tensor, s: Setup, threat: ThreatModel | None
+) -> dict[str, Any]:
+    """Seconds and throughput; with a threat model, also robust accuracy (re-measured here), budget, bounds, calls."""
     row: dict[str, Any] = {"seconds": round(seconds, 3), "images_per_s": rate(len(x), seconds)}
     if threat is None:
         return row
@@ -176,19 +184,29 @@ def measure(name: str, fn: Runner, s: Setup, x: Tensor, y: Tensor, threat: Threa
     return row
 
 
+def measure_interleaved(
+    runners: dict[str, Runner], s: Setup, x: Tensor, y: Tensor, threat: ThreatModel, repeats: int
+) -> dict[str, dict[str, Any]]:
+    """Time several methods batch by batch in turn, best of ``repeats`` per batch (see `interleaved_batches`)."""
+    log(f"  {', '.join(runners)} interleaved, {repeats} repeat(s) per batch ...")
+    timed = interleaved_batches(runners, x, y, s.batch_size, repeats)
+    return {
+        name: score(name, outs, seconds, x, y, s, threat if name != "floor" else None)
+        for name, (outs, seconds) in timed.items()
+    }
+
+
 # --- sections ---------------------------------------------------------------------------------------
 def bench_floor(s: Setup, x: Tensor, y: Tensor, repeats: int) -> dict[str, Any]:
-    """Interleaved repeats, best time of each: the least disturbed measurement on a busy machine."""
+    """Floor and PGD interleaved batch by batch, best of ``repeats`` per batch: the least disturbed measurement."""
     threat = make_threat("linf", FLOOR_EPS, s.bounds)
-    floor_rows, ours_rows = [], []
+    log("floor: the bare gradient loop against squiggles PGD-40")
     with frozen(s.model):
-        for r in range(repeats):
-            log(f"floor: repeat {r + 1}/{repeats}")
-            floor_rows.append(measure("floor", floor_loop(s), s, x, y, None))
-            ours_rows.append(measure("squiggles pgd", ours(s, threat, FLOOR_STEP), s, x, y, threat))
-    floor_best = min(floor_rows, key=lambda r: r["seconds"])
-    ours_best = min(ours_rows, key=lambda r: r["seconds"])
-    ratio = floor_best["seconds"] / ours_best["seconds"] if ours_best["seconds"] > 0 else None
+        rows = measure_interleaved(
+            {"floor": floor_loop(s), "squiggles": ours(s, threat, FLOOR_STEP)}, s, x, y, threat, repeats
+        )
+    floor_s, ours_s = rows["floor"]["seconds"], rows["squiggles"]["seconds"]
+    ratio = floor_s / ours_s if ours_s > 0 else None
     return {
         "setting": {
             "norm": "linf",
@@ -198,37 +216,52 @@ def bench_floor(s: Setup, x: Tensor, y: Tensor, repeats: int) -> dict[str, Any]:
             "random_start": True,
             "repeats": repeats,
         },
-        "floor": floor_best,
-        "squiggles": ours_best,
+        "floor": rows["floor"],
+        "squiggles": rows["squiggles"],
         "ratio_ours_over_floor": round(ratio, 4) if ratio is not None else None,
         "target": 0.95,
         "meets_target": ratio is not None and ratio >= 0.95,
-        "all_seconds": {"floor": [r["seconds"] for r in floor_rows], "squiggles": [r["seconds"] for r in ours_rows]},
     }
 
 
-def bench_libraries(s: Setup, x: Tensor, y: Tensor, versions: dict[str, str]) -> dict[str, Any]:
-    settings = [("throughput_linf_0.3", "linf", FLOOR_EPS, FLOOR_STEP)]
-    settings += [(f"robust_{norm}_{eps}", norm, eps, rel_step(eps)) for norm, eps in ROBUST]
+def library_runners(
+    s: Setup, threat: ThreatModel, step: float, versions: dict[str, str], x: Tensor, y: Tensor
+) -> tuple[dict[str, Runner], dict[str, Any]]:
+    """The runnable methods, each tried once on a few points; the others as rows saying why they are missing."""
+    runners: dict[str, Runner] = {}
+    missing: dict[str, Any] = {}
+    for name, build in LIBRARIES.items():
+        if name != "squiggles" and versions.get(name, "").startswith("not installed"):
+            missing[name] = {"skipped": versions[name]}
+            continue
+        try:
+            runner = build(s, threat, step)
+            runner(x[:4], y[:4])
+            runners[name] = runner
+        except Exception as exc:  # a broken library is a result to report, not a reason to stop
+            log(f"  {name} failed: {type(exc).__name__}: {exc}")
+            missing[name] = {"error": f"{type(exc).__name__}: {exc}"}
+    return runners, missing
+
+
+def bench_libraries(s: Setup, x: Tensor, y: Tensor, versions: dict[str, str], repeats: int) -> dict[str, Any]:
+    """Throughput interleaved batch by batch (best of ``repeats`` per batch); strength from one run each."""
+    settings = [("throughput_linf_0.3", "linf", FLOOR_EPS, FLOOR_STEP, repeats)]
+    settings += [(f"robust_{norm}_{eps}", norm, eps, rel_step(eps), 1) for norm, eps in ROBUST]
     out: dict[str, Any] = {
         "versions": {k: v for k, v in versions.items() if k != "autoattack"},
         "library_params": s.library_params,
     }
     checks: dict[str, Any] = {}
-    for key, norm, eps, step in settings:
+    for key, norm, eps, step, reps in settings:
         threat = make_threat(norm, eps, s.bounds)
         log(f"libraries: {key} (PGD-{STEPS}, step {step:g}, random start)")
         rows: dict[str, Any] = {"setting": {"norm": norm, "eps": eps, "step_size": step, "steps": STEPS}}
-        for name, build in LIBRARIES.items():
-            if name != "squiggles" and versions.get(name, "").startswith("not installed"):
-                rows[name] = {"skipped": versions[name]}
-                continue
-            try:
-                with frozen(s.model, name == "squiggles" or s.library_params == "frozen"):
-                    rows[name] = measure(name, build(s, threat, step), s, x, y, threat)
-            except Exception as exc:  # a broken library is a result to report, not a reason to stop
-                log(f"  {name} failed: {type(exc).__name__}: {exc}")
-                rows[name] = {"error": f"{type(exc).__name__}: {exc}"}
+        # squiggles freezes the parameters itself; the libraries get them as --library-params says
+        with frozen(s.model, s.library_params == "frozen"):
+            runners, missing = library_runners(s, threat, step, versions, x, y)
+            rows.update(measure_interleaved(runners, s, x, y, threat, reps))
+        rows.update(missing)
         out[key] = rows
         ours_acc = rows["squiggles"].get("robust_accuracy")
         checks[key] = {
@@ -331,7 +364,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     p.add_argument("--which", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="sections to run")
-    p.add_argument("--repeats", type=int, default=1, help="floor section: interleaved repeats, best time kept")
+    p.add_argument("--repeats", type=int, default=1, help="floor, throughput: timed repeats per batch, best kept")
     p.add_argument(
         "--library-params",
         choices=("frozen", "trainable"),
@@ -382,7 +415,7 @@ def main(argv: list[str] | None = None) -> None:
     if "floor" in args.which:
         report["floor"] = bench_floor(s, x, y, args.repeats)
     if "libraries" in args.which:
-        report["libraries"] = bench_libraries(s, x, y, versions)
+        report["libraries"] = bench_libraries(s, x, y, versions, args.repeats)
     if "apgd" in args.which:
         report["apgd"] = bench_apgd(s, x, y, versions)
     machine["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None

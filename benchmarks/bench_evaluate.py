@@ -28,7 +28,8 @@ def log(msg: str) -> None:
 
 def verified(model: torch.nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, threat: Any) -> dict:
     inside = bool((threat.norm(x_adv - x) <= threat.eps + 1e-5).all()) and bool(
-        (x_adv >= threat.bounds[0]).all() and (x_adv <= threat.bounds[1]).all())
+        (x_adv >= threat.bounds[0]).all() and (x_adv <= threat.bounds[1]).all()
+    )
     with torch.no_grad():
         robust = torch.cat([model(x_adv[i : i + 500]).argmax(1) for i in range(0, len(x), 500)]) == y
     return {"robust": robust, "inside": inside}
@@ -39,9 +40,15 @@ def run_squiggles(model, x, y, threat, ensemble: str, batch_size: int) -> dict[s
     res = squiggles.evaluate(model, (x, y), threat, ensemble, batch_size=batch_size, progress=False, checks=False)
     seconds = time.perf_counter() - start
     check = verified(model, x, res.x_adv[0], y, threat)
-    return {"seconds": round(seconds, 2), "robust_accuracy": res.robust_accuracy,
-            "verified_robust_accuracy": check["robust"].float().mean().item(), "inside": check["inside"],
-            "breakdown": res.breakdown(0), "model_calls": res.model_calls(), "_robust": check["robust"]}
+    return {
+        "seconds": round(seconds, 2),
+        "robust_accuracy": res.robust_accuracy,
+        "verified_robust_accuracy": check["robust"].float().mean().item(),
+        "inside": check["inside"],
+        "breakdown": res.breakdown(0),
+        "model_calls": res.model_calls(),
+        "_robust": check["robust"],
+    }
 
 
 def run_autoattack(model, x, y, threat, batch_size: int, seed: int) -> dict[str, Any]:
@@ -56,8 +63,12 @@ def run_autoattack(model, x, y, threat, batch_size: int, seed: int) -> dict[str,
     seconds = time.perf_counter() - start
     x_adv = out[0] if isinstance(out, tuple) else out
     check = verified(model, x, x_adv, y, threat)
-    return {"seconds": round(seconds, 2), "robust_accuracy": check["robust"].float().mean().item(),
-            "inside": check["inside"], "_robust": check["robust"]}
+    return {
+        "seconds": round(seconds, 2),
+        "robust_accuracy": check["robust"].float().mean().item(),
+        "inside": check["inside"],
+        "_robust": check["robust"],
+    }
 
 
 def main() -> None:
@@ -69,8 +80,9 @@ def main() -> None:
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--which", nargs="+", default=["quick", "standard", "autoattack"],
-                   choices=("quick", "standard", "autoattack"))
+    p.add_argument(
+        "--which", nargs="+", default=["quick", "standard", "autoattack"], choices=("quick", "standard", "autoattack")
+    )
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     model = squiggles.load_model(args.model)
@@ -78,14 +90,23 @@ def main() -> None:
         q.requires_grad_(False)
     test = squiggles.load_dataset(args.dataset, "test").subset(args.n)
     threat = make_threat(args.norm, args.eps, test.bounds)
-    report: dict[str, Any] = {"benchmark": "evaluate", "model": args.model, "dataset": args.dataset,
-                              "threat": threat.describe(), "n": args.n, "threads": args.threads,
-                              "torch": torch.__version__}
+    report: dict[str, Any] = {
+        "benchmark": "evaluate",
+        "model": args.model,
+        "dataset": args.dataset,
+        "threat": threat.describe(),
+        "n": args.n,
+        "threads": args.threads,
+        "torch": torch.__version__,
+    }
     robust = {}
     for name in args.which:
         log(f"{name} ...")
-        row = run_autoattack(model, test.x, test.y, threat, args.batch_size, 0) if name == "autoattack" else \
-            run_squiggles(model, test.x, test.y, threat, name, args.batch_size)
+        row = (
+            run_autoattack(model, test.x, test.y, threat, args.batch_size, 0)
+            if name == "autoattack"
+            else run_squiggles(model, test.x, test.y, threat, name, args.batch_size)
+        )
         if "_robust" in row:
             robust[name] = row.pop("_robust")
         report[name] = row

@@ -84,18 +84,23 @@ def madry_cnn(in_shape: Shape = (1, 28, 28), num_classes: int = 10, mean: Any = 
     return nn.Sequential(*features, nn.Linear(n, 1024), nn.ReLU(), nn.Linear(1024, num_classes))
 
 
-def small_cnn(in_shape: Shape = (1, 28, 28), num_classes: int = 10, mean: Any = None, std: Any = None) -> nn.Module:
-    """Wong et al. 2020 (arXiv 2001.03994) fast-training MNIST net: conv16 4x4/2, conv32 4x4/2, fc100, fc10."""
+def small_cnn(
+    in_shape: Shape = (1, 28, 28), num_classes: int = 10, mean: Any = None, std: Any = None, width: int = 1
+) -> nn.Module:
+    """Wong et al. 2020 (arXiv 2001.03994) fast-training MNIST net: conv16 4x4/2, conv32 4x4/2, fc100, fc10;
+    ``width`` multiplies every hidden layer (robust training needs more capacity than clean training)."""
+    if width < 1:
+        raise ModelError(f"small-cnn width must be an integer >= 1, got {width}")
     features = nn.Sequential(
         *_prefix(mean, std),
-        nn.Conv2d(in_shape[0], 16, 4, stride=2, padding=1),
+        nn.Conv2d(in_shape[0], 16 * width, 4, stride=2, padding=1),
         nn.ReLU(),
-        nn.Conv2d(16, 32, 4, stride=2, padding=1),
+        nn.Conv2d(16 * width, 32 * width, 4, stride=2, padding=1),
         nn.ReLU(),
         nn.Flatten(),
     )
     n = _flat_size(features, in_shape)
-    return nn.Sequential(*features, nn.Linear(n, 100), nn.ReLU(), nn.Linear(100, num_classes))
+    return nn.Sequential(*features, nn.Linear(n, 100 * width), nn.ReLU(), nn.Linear(100 * width, num_classes))
 
 
 def trades_cnn(

@@ -243,6 +243,32 @@ class Best:
         return self.x, self.logits
 
 
+def evaluate_last(
+    oracle: Oracle,
+    x_adv: Tensor,
+    goal: ResolvedGoal,
+    loss_goal: ResolvedGoal,
+    loss_fn: Loss,
+    best: Best,
+    idx: Tensor | None,
+) -> None:
+    """Score the last iterate of a run (the one no gradient step needed), but only where it can matter.
+
+    An example that some earlier iterate already broke has a verified adversarial input in ``best``, so the
+    forward pass is spent only on the others: on a model that breaks early this pass costs almost nothing.
+    """
+    done = best.success if idx is None else best.success[idx]
+    keep = (~done).nonzero().flatten()
+    if len(keep) == 0:
+        return
+    if len(keep) < len(x_adv):
+        x_adv, goal, loss_goal = x_adv[keep], goal.subset(keep), loss_goal.subset(keep)
+        idx = keep if idx is None else idx[keep]
+    logits = oracle.logits(x_adv, idx)
+    values = loss_fn(logits, loss_goal.labels, loss_goal.targets)
+    best.update(idx, x_adv, values, goal.success(logits), logits)
+
+
 def eps_value(threat: ThreatModel, like: Tensor) -> Tensor:
     """Per-example eps (flat), on the device and dtype of ``like``."""
     return threat.eps_like(like).flatten()

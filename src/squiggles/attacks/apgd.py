@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Generator, Tensor
 
-from squiggles.attacks._core import Best, Oracle, Seed, run_attack, subset_threat
+from squiggles.attacks._core import Best, Oracle, Seed, evaluate_last, run_attack, subset_threat
 from squiggles.errors import SquigglesError
 from squiggles.goals import GoalLike, ResolvedGoal, Targeted
 from squiggles.losses import Loss, dlr, get_loss
@@ -169,16 +169,10 @@ def apgd_run(
     period = {w: w - v for v, w in zip(marks, marks[1:], strict=False)}
     s: _State | None = None
     x_adv = threat.random_init(x, gen)
-    for t in range(steps + 1):
-        if t < steps:
-            values, grad, logits = oracle.loss_grad(x_adv, loss_fn, loss_goal, idx)
-        else:
-            logits = oracle.logits(x_adv, idx)
-            values = loss_fn(logits, loss_goal.labels, loss_goal.targets)
+    for t in range(steps):
+        values, grad, logits = oracle.loss_grad(x_adv, loss_fn, loss_goal, idx)
         success = goal.success(logits)
         best.update(idx, x_adv, values, success, logits)
-        if t == steps:
-            break
         if s is None:
             eta = start * threat.eps_like(x).flatten()
             s = _State(x, x_adv, x_adv, grad, eta, values, values, x_adv, grad, values,
@@ -194,6 +188,7 @@ def apgd_run(
             s, goal, loss_goal = s.keep(keep), goal.subset(keep), loss_goal.subset(keep)
             threat = subset_threat(threat, keep)
         x_adv = _step(s, threat, first=t == 0)
+    evaluate_last(oracle, x_adv, goal, loss_goal, loss_fn, best, idx)
 
 
 def _bookkeep(s: _State, values: Tensor, t: int, period: int | None, rho: float) -> None:

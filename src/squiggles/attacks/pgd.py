@@ -18,7 +18,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from squiggles.attacks._core import Best, Oracle, Seed, run_attack, subset_threat
+from squiggles.attacks._core import Best, Oracle, Seed, evaluate_last, run_attack, subset_threat
 from squiggles.errors import SquigglesError
 from squiggles.goals import GoalLike, ResolvedGoal
 from squiggles.losses import Loss, get_loss
@@ -104,23 +104,18 @@ def pgd_run(
     """One PGD run on the examples ``idx`` (all when None), writing the best iterates into ``best``.
 
     The loss and success of each iterate come from the forward pass that also gives its gradient, so
-    tracking the best iterate costs one extra forward pass in total (for the last iterate).
+    tracking the best iterate costs at most one extra forward pass (the last iterate, on the examples that
+    no earlier iterate broke).
     """
     x = x_all if idx is None else x_all[idx]
     goal = goal_all if idx is None else goal_all.subset(idx)
     threat = threat_all if idx is None else subset_threat(threat_all, idx)
     size = step_size if step_size is not None else rel_step_size * threat.eps_like(x).flatten() / steps
     x_adv = threat.random_init(x, gen) if random_start else x.clone()
-    for t in range(steps + 1):
-        if t < steps:
-            values, grad, logits = oracle.loss_grad(x_adv, loss_fn, goal, idx)
-        else:
-            logits = oracle.logits(x_adv, idx)
-            values = loss_fn(logits, goal.labels, goal.targets)
+    for _ in range(steps):
+        values, grad, logits = oracle.loss_grad(x_adv, loss_fn, goal, idx)
         success = goal.success(logits)
         best.update(idx, x_adv, values, success, logits)
-        if t == steps:
-            break
         if early_stop and success.any():
             keep = (~success).nonzero().flatten()
             if len(keep) == 0:
@@ -131,3 +126,4 @@ def pgd_run(
             if isinstance(size, Tensor):
                 size = size[keep]
         x_adv = threat.project(x_adv + threat.step(grad, size), x)
+    evaluate_last(oracle, x_adv, goal, goal, loss_fn, best, idx)

@@ -100,7 +100,8 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         required=True,
-        help="a model folder (model.safetensors + card.json), or your own package.module:factory",
+        help="a model folder (model.safetensors + card.json), a zoo name (squiggles zoo list), "
+        "or your own package.module:factory",
     )
     parser.add_argument("--weights", help="weights (.safetensors) for a package.module:factory model")
     parser.add_argument(
@@ -109,12 +110,16 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
-    """Load ``--model`` (a folder, or a factory plus ``--weights``); return the model and its card as a dict."""
+    """Load ``--model`` (a folder, a zoo name, or a factory plus ``--weights``); return the model and its card.
+
+    A folder of that name wins over a zoo name, so a user's own ``mnist-standard/`` is never shadowed.
+    """
     from pathlib import Path
 
     from squiggles.checkpoints import load_model, load_user_model, read_card
     from squiggles.errors import SquigglesError
     from squiggles.models import is_import_path
+    from squiggles.zoo import ZOO, load_zoo_model, zoo_card
 
     if is_import_path(args.model):
         try:
@@ -123,12 +128,14 @@ def resolve_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
             raise SquigglesError(f"--model-arg: {exc}") from None
         model = load_user_model(args.model, args.weights, **kwargs)
         return model, {"arch": args.model, "arch_kwargs": kwargs, "weights": args.weights}
-    if not Path(args.model).exists():
-        raise SquigglesError(
-            f"--model {args.model!r}: no such folder (give a folder written by `squiggles train`, "
-            "or package.module:factory with --weights)"
-        )
-    return load_model(args.model), read_card(args.model).to_dict()
+    if Path(args.model).exists():
+        return load_model(args.model), read_card(args.model).to_dict()
+    if args.model in ZOO:
+        return load_zoo_model(args.model), zoo_card(args.model).to_dict()
+    raise SquigglesError(
+        f"--model {args.model!r}: no such folder (give a folder written by `squiggles train`, "
+        f"a zoo name ({', '.join(ZOO)}), or package.module:factory with --weights)"
+    )
 
 
 def add_data_args(parser: argparse.ArgumentParser, split: str = "test") -> None:

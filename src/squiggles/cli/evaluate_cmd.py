@@ -7,7 +7,6 @@ and the merged result equals the single-process one; rank 0 writes it.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from squiggles.cli.common import (
@@ -64,24 +63,21 @@ def run(args: argparse.Namespace) -> int:
     ensure_writable_dir(out.parent)
     if out.exists() and not args.overwrite:
         raise SquigglesError(f"{out} already exists; use --overwrite or another --out")
-    rank = _init_distributed(args.device)
-    try:
-        return _evaluate_and_write(args, out, rank)
-    finally:
-        if rank is not None:  # leave the process group cleanly so torchrun's workers exit without warnings
-            import torch.distributed as dist
+    from squiggles.distributed import torchrun_group
 
-            dist.destroy_process_group()
+    with torchrun_group(args.device) as rank:
+        return _evaluate_and_write(args, out, rank)
 
 
 def _evaluate_and_write(args: argparse.Namespace, out: Path, rank: int | None) -> int:
     from squiggles._io import write_json
+    from squiggles.distributed import rank_device
     from squiggles.evaluation import evaluate
     from squiggles.report.figures import eps_curve
     from squiggles.runtime import resolve_device
     from squiggles.threat import make_threat
 
-    device = resolve_device(args.device if rank is None else _rank_device(args.device))
+    device = resolve_device(rank_device(args.device))
     model, card = resolve_model(args)
     model.to(device)
     data = resolve_data(args)
@@ -116,24 +112,3 @@ def _evaluate_and_write(args: argparse.Namespace, out: Path, rank: int | None) -
     print(result.table())
     say(args, f"results in {out}")
     return 0
-
-
-def _init_distributed(device: str) -> int | None:
-    """Join the process group when started by torchrun; return this process's rank (None when alone)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return None
-    import torch
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        use_nccl = torch.cuda.is_available() and device != "cpu"
-        dist.init_process_group(backend="nccl" if use_nccl else "gloo")
-    return dist.get_rank()
-
-
-def _rank_device(device: str) -> str:
-    import torch
-
-    if device in ("auto", "cuda") and torch.cuda.is_available():
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    return device

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from squiggles.cli.common import add_common, flag_options, key_values, nonneg_float, positive_float, positive_int, say
 from squiggles.errors import SquigglesError
@@ -13,6 +14,8 @@ EXAMPLES = """examples:
   squiggles train --model small-cnn --dataset digits --epochs 5 --out runs/digits
   squiggles train --model mypkg.nets:make_net --dataset my_train.npz --test-data my_test.npz --out runs/mine
   squiggles train --model madry-cnn --dataset mnist --epochs 4 --out runs/madry --resume
+  squiggles train --model small-cnn --method fgsm-rs --eps 0.3 --epochs 10 --out runs/fast    # guarded
+  torchrun --nproc_per_node=2 -m squiggles train --model small-cnn --method pgd --eps 0.3 --out runs/ddp
 """
 
 
@@ -66,6 +69,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--milestones", type=positive_int, nargs="*", default=[], help="epochs where 'step' divides lr by 10"
     )
     p.add_argument("--eval-n", type=positive_int, help="evaluate on only the first N test points each epoch")
+    p.add_argument(
+        "--no-guard",
+        action="store_true",
+        help="adversarial methods: skip the per-epoch catastrophic-overfitting check (APGD-CE + APGD-T on "
+        "training points; rollback and a lower step on collapse)",
+    )
+    p.add_argument("--guard-n", type=positive_int, help="training points the guard attacks each epoch (default 256)")
+    p.add_argument(
+        "--final-eval",
+        choices=("auto", "none", "quick", "standard"),
+        default="auto",
+        help="evaluation cascade whose robust accuracy goes into the card (auto: quick for adversarial methods)",
+    )
+    p.add_argument("--final-eval-n", type=positive_int, default=1000, help="test points for --final-eval")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     p.add_argument("--overwrite", action="store_true", help="replace a model already in --out")
     add_common(p)
@@ -73,9 +90,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from squiggles.train import TrainConfig, train_model
+    from squiggles.distributed import torchrun_group
 
     check_names(args.model, args.dataset)
+    with torchrun_group(args.device):
+        return _train(args)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from squiggles.distributed import rank_device, rank_world
+    from squiggles.train import TrainConfig, train_model
+
     method_options = _method_options(args)
     config = TrainConfig(
         arch=args.model,
@@ -92,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
         milestones=list(args.milestones),
         seed=args.seed,
         eval_n=args.eval_n,
+        guard=_guard_config(args),
     )
     try:
         arch_kwargs = key_values(args.model_arg)
@@ -104,17 +130,32 @@ def run(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         arch_kwargs=arch_kwargs,
         init_weights=args.weights,
-        device=args.device,
+        device=rank_device(args.device),
         resume=args.resume,
         overwrite=args.overwrite,
-        progress=not args.quiet,
-        log=lambda m: say(args, m),
+        final_eval=args.final_eval,
+        final_eval_n=args.final_eval_n,
+        progress=not args.quiet and rank_world()[0] == 0,
+        log=(lambda m: say(args, m)) if rank_world()[0] == 0 else (lambda m: None),
     )
+    if rank_world()[0] != 0:
+        return 0
     print(
         f"test accuracy {result.test_acc:.4f} after {len(result.history)} epochs "
         f"({result.wall_time_s:.1f}s); saved to {out}"
     )
     return 0
+
+
+def _guard_config(args: argparse.Namespace) -> Any:
+    """None (the defaults) unless a guard flag was given."""
+    from squiggles.train.guard import GuardConfig
+
+    if args.no_guard:
+        return GuardConfig(enabled=False)
+    if args.guard_n is not None:
+        return GuardConfig(n=args.guard_n)
+    return None
 
 
 METHOD_FLAGS = {

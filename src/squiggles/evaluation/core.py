@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from squiggles._io import versions
 from squiggles.attacks._core import attack_mode, check_inputs
+from squiggles.distributed import rank_world
 from squiggles.errors import SquigglesError
 from squiggles.evaluation import state as state_io
 from squiggles.evaluation.cascade import CLEAN_ERROR, REUSED, ROBUST, StageStats, run_cascade, stage_seed
@@ -64,7 +65,7 @@ def evaluate(
     config = {"attacks": [s.describe() for s in stages], "eps": budgets, "n": len(x), "batch_size": batch_size,
               "seed": seed, "reuse_minimal": reuse, "threat": threat.describe()}
     fingerprint = _fingerprint(config, x, y)
-    rank, world = _dist()
+    rank, world = rank_world()
     chunks = list(range(0, len(x), batch_size))
     st = state_io.load_or_new(state_path, rank, fingerprint, len(x), len(budgets), len(stages), len(chunks),
                               x.shape[1:], x.dtype, keep_adv)
@@ -205,9 +206,3 @@ def _device_of(model: Model, x: Tensor) -> torch.device:
     return params[0].device if params else x.device
 
 
-def _dist() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1

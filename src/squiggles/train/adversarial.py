@@ -8,6 +8,7 @@
 They share the threat models of the attacks. ``warmup`` ramps eps linearly from 0 over that fraction of
 training. Attacks run in eval mode (the attack functions restore the model's mode), so batch-norm
 statistics see only the update's forward pass; the choice is recorded in the recipe as ``attack_mode``.
+``step_scale`` multiplies the attack step; the collapse guard (`squiggles.train.guard`) lowers it.
 
 Example:
     >>> from squiggles.train import TrainConfig                     # doctest: +SKIP
@@ -39,7 +40,9 @@ def _threat(options: dict[str, Any], ctx: StepContext) -> ThreatModel:
     return make_threat(options["norm"], current_eps(options["eps"], options["warmup"], ctx.progress), ctx.bounds)
 
 
-def _check(eps: float, warmup: float, attack_mode_name: str) -> None:
+def _check(eps: float, warmup: float, attack_mode_name: str, step_scale: float) -> None:
+    if not step_scale > 0:
+        raise SquigglesError(f"step_scale multiplies the attack step and must be > 0, got {step_scale}")
     if not eps >= 0:
         raise SquigglesError(f"eps must be >= 0, got {eps}")
     if not 0 <= warmup <= 1:
@@ -48,45 +51,70 @@ def _check(eps: float, warmup: float, attack_mode_name: str) -> None:
         raise SquigglesError("attacks during training run in eval mode (attack_mode='eval')")
 
 
-def make_pgd(eps: float = 0.3, norm: str = "linf", steps: int = 10, step_size: float | None = None,
-             warmup: float = 0.0, attack_mode: str = "eval") -> TrainMethod:
-    _check(eps, warmup, attack_mode)
+def make_pgd(
+    eps: float = 0.3,
+    norm: str = "linf",
+    steps: int = 10,
+    step_size: float | None = None,
+    warmup: float = 0.0,
+    attack_mode: str = "eval",
+    step_scale: float = 1.0,
+) -> TrainMethod:
+    _check(eps, warmup, attack_mode, step_scale)
     options = {"eps": eps, "norm": norm, "warmup": warmup}
 
     def method(model: nn.Module, x: Tensor, y: Tensor, ctx: StepContext) -> tuple[Tensor, Tensor]:
         threat = _threat(options, ctx)
-        x_adv = pgd(model, x, y, threat, steps=steps, step_size=step_size, seed=ctx.generator).x_adv
+        size = (step_size if step_size is not None else 2.5 * float(threat.eps) / steps) * step_scale
+        x_adv = pgd(ctx.attack_model or model, x, y, threat, steps=steps, step_size=size, seed=ctx.generator).x_adv
         logits = model(x_adv)
         return F.cross_entropy(logits, y), logits
 
     return method
 
 
-def make_fgsm_rs(eps: float = 0.3, norm: str = "linf", step_size: float | None = None, warmup: float = 0.0,
-                 attack_mode: str = "eval") -> TrainMethod:
-    _check(eps, warmup, attack_mode)
+def make_fgsm_rs(
+    eps: float = 0.3,
+    norm: str = "linf",
+    step_size: float | None = None,
+    warmup: float = 0.0,
+    attack_mode: str = "eval",
+    step_scale: float = 1.0,
+) -> TrainMethod:
+    _check(eps, warmup, attack_mode, step_scale)
     options = {"eps": eps, "norm": norm, "warmup": warmup}
 
     def method(model: nn.Module, x: Tensor, y: Tensor, ctx: StepContext) -> tuple[Tensor, Tensor]:
         threat = _threat(options, ctx)
-        size = step_size if step_size is not None else 1.25 * float(threat.eps)
-        x_adv = fgsm(model, x, y, threat, random_start=True, step_size=size, seed=ctx.generator).x_adv
+        size = (step_size if step_size is not None else 1.25 * float(threat.eps)) * step_scale
+        x_adv = fgsm(
+            ctx.attack_model or model, x, y, threat, random_start=True, step_size=size, seed=ctx.generator
+        ).x_adv
         logits = model(x_adv)
         return F.cross_entropy(logits, y), logits
 
     return method
 
 
-def make_trades(eps: float = 0.3, norm: str = "linf", steps: int = 10, step_size: float | None = None,
-                beta: float = 6.0, warmup: float = 0.0, attack_mode: str = "eval") -> TrainMethod:
-    _check(eps, warmup, attack_mode)
+def make_trades(
+    eps: float = 0.3,
+    norm: str = "linf",
+    steps: int = 10,
+    step_size: float | None = None,
+    beta: float = 6.0,
+    warmup: float = 0.0,
+    attack_mode: str = "eval",
+    step_scale: float = 1.0,
+) -> TrainMethod:
+    _check(eps, warmup, attack_mode, step_scale)
     if beta < 0:
         raise SquigglesError(f"beta must be >= 0, got {beta}")
     options = {"eps": eps, "norm": norm, "warmup": warmup}
 
     def method(model: nn.Module, x: Tensor, y: Tensor, ctx: StepContext) -> tuple[Tensor, Tensor]:
         threat = _threat(options, ctx)
-        x_adv = trades_adversary(model, x, threat, steps, step_size, ctx.generator)
+        size = (step_size if step_size is not None else 2.5 * float(threat.eps) / max(steps, 1)) * step_scale
+        x_adv = trades_adversary(ctx.attack_model or model, x, threat, steps, size, ctx.generator)
         logits = model(x)
         loss = F.cross_entropy(logits, y) + beta * trades_kl(logits, model(x_adv))
         return loss, logits
@@ -99,8 +127,9 @@ def trades_kl(clean_logits: Tensor, adv_logits: Tensor) -> Tensor:
     return F.kl_div(F.log_softmax(adv_logits, 1), F.softmax(clean_logits, 1), reduction="batchmean")
 
 
-def trades_adversary(model: nn.Module, x: Tensor, threat: ThreatModel, steps: int, step_size: float | None,
-                     generator: torch.Generator) -> Tensor:
+def trades_adversary(
+    model: nn.Module, x: Tensor, threat: ThreatModel, steps: int, step_size: float | None, generator: torch.Generator
+) -> Tensor:
     """The TRADES inner maximisation: from x plus small noise, ascend KL(p(x) || p(x')) and project; the last
     iterate, as in the reference."""
     eps = float(threat.eps)

@@ -19,8 +19,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from squiggles.distributed import barrier, rank_world
 from squiggles.errors import SquigglesError
 from squiggles.runtime import accuracy
+from squiggles.train.guard import Guard, GuardConfig, GuardState, restore, snapshot
 from squiggles.train.methods import StepContext, make_method
 from squiggles.train.schedule import SCHEDULES, learning_rate
 from squiggles.train.state import CHECKPOINT, load_checkpoint, save_checkpoint
@@ -46,6 +48,7 @@ class TrainConfig:
     milestones: list[int] = field(default_factory=list)
     seed: int = 0
     eval_n: int | None = None
+    guard: GuardConfig | None = None  # None: on for adversarial methods, with the defaults
 
     def validate(self) -> None:
         """Refuse nonsense early, with the name of the field and the fix."""
@@ -63,6 +66,8 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise SquigglesError(message)
+        if self.guard is not None:
+            self.guard.validate()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -83,6 +88,7 @@ class TrainResult:
     model: nn.Module
     history: list[EpochStats]
     wall_time_s: float
+    guard: dict[str, Any] | None = None  # the guard's checks and rollbacks, when it ran
 
     @property
     def test_acc(self) -> float:
@@ -117,34 +123,44 @@ def fit(
     """Train ``model`` in place by ``config`` and return it with the per-epoch history.
 
     Data tensors are moved to the model's device once. The global RNG (used by dropout) is forked, seeded
-    from ``config.seed`` and saved in each checkpoint, so the caller's RNG is left as it was.
+    from ``config.seed`` and saved in each checkpoint, so the caller's RNG is left as it was. Under
+    torch.distributed (torchrun) each process trains on its shard of every batch through
+    DistributedDataParallel and only rank 0 writes the checkpoint.
     """
     config.validate()
-    method = make_method(config.method, **config.method_options)
     device = next(model.parameters()).device
     train_x, train_y = train_x.to(device), train_y.to(device)
     optimizer = make_optimizer(model, config)
+    rank, world = rank_world()
+    trained = _wrap_ddp(model, world)
+    log = log if rank == 0 else _silent
     steps_per_epoch = -(-len(train_x) // config.batch_size)
     total_steps = steps_per_epoch * config.epochs
     ckpt = Path(out_dir) / CHECKPOINT
+    guard = Guard.for_run(config.method, config.method_options, config.guard, train_x, train_y, bounds)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(config.seed)
-        history, start_epoch, elapsed = _maybe_resume(ckpt, model, optimizer, config, resume, log)
-        for epoch in range(start_epoch, config.epochs):
+        history, start_epoch, elapsed, gstate = _maybe_resume(ckpt, model, optimizer, config, resume, log)
+        if guard:
+            guard.state = gstate
+        epoch = start_epoch
+        while epoch < config.epochs:
             t0 = time.perf_counter()
-            stats = _train_epoch(
-                model,
-                optimizer,
-                method,
-                train_x,
-                train_y,
-                config,
-                epoch,
-                steps_per_epoch,
-                total_steps,
-                bounds,
-                progress,
+            snap = snapshot(model, optimizer) if guard else None
+            method = make_method(config.method, **_method_options(config, gstate))
+            loop = _EpochLoop(
+                trained, model, optimizer, method, config, steps_per_epoch, total_steps, bounds, rank, world
             )
+            stats = loop.run(train_x, train_y, epoch, progress and rank == 0)
+            if guard and not guard.check(model, epoch, log):
+                restore(model, optimizer, snap)
+                if len(gstate.rollbacks) > guard.config.max_rollbacks:
+                    log(
+                        f"guard: still collapsing after {guard.config.max_rollbacks} rollbacks; "
+                        f"stopping with the model of epoch {epoch}"
+                    )
+                    break
+                continue  # the same epoch again, from the last good state, with the lower step
             test_acc = accuracy(model, test_x, test_y) if len(test_x) else float("nan")
             seconds = time.perf_counter() - t0
             elapsed += seconds
@@ -154,14 +170,40 @@ def fit(
                 "config": config.to_dict(),
                 "elapsed_s": elapsed,
                 "history": [dataclasses.asdict(h) for h in history],
+                "guard": gstate.to_dict(),
             }
-            save_checkpoint(ckpt, model, optimizer, header)
+            if rank == 0:
+                save_checkpoint(ckpt, model, optimizer, header)
+            barrier()
+            robust = f"  guard robust {guard.last_robust:.4f}" if guard else ""
             log(
                 f"epoch {epoch + 1}/{config.epochs}: loss {stats[0]:.4f}  train acc {stats[1]:.4f}  "
-                f"test acc {test_acc:.4f}  ({seconds:.1f}s)"
+                f"test acc {test_acc:.4f}{robust}  ({seconds:.1f}s)"
             )
+            epoch += 1
     model.eval()
-    return TrainResult(model, history, elapsed)
+    return TrainResult(model, history, elapsed, guard.record() if guard else None)
+
+
+def _silent(message: str) -> None:
+    """Processes other than rank 0 keep quiet, so a torchrun log reads like a single run's."""
+
+
+def _wrap_ddp(model: nn.Module, world: int) -> nn.Module:
+    """The module the update's forward goes through: the model itself, or DistributedDataParallel around it."""
+    if world <= 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    device = next(model.parameters()).device
+    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+
+
+def _method_options(config: TrainConfig, gstate: GuardState) -> dict[str, Any]:
+    options = dict(config.method_options)
+    if gstate.step_scale != 1.0:
+        options["step_scale"] = options.get("step_scale", 1.0) * gstate.step_scale
+    return options
 
 
 def _maybe_resume(
@@ -171,9 +213,9 @@ def _maybe_resume(
     config: TrainConfig,
     resume: bool,
     log: Logger,
-) -> tuple[list[EpochStats], int, float]:
+) -> tuple[list[EpochStats], int, float, GuardState]:
     if not resume:
-        return [], 0, 0.0
+        return [], 0, 0.0, GuardState()
     if not ckpt.exists():
         raise SquigglesError(f"--resume: no checkpoint at {ckpt}; run without --resume to start training")
     header = load_checkpoint(ckpt, model, optimizer)
@@ -185,54 +227,76 @@ def _maybe_resume(
             "rerun with the original settings or use a new --out folder"
         )
     log(f"resuming after epoch {header['epoch']} from {ckpt}")
-    return [EpochStats(**h) for h in header["history"]], int(header["epoch"]), float(header["elapsed_s"])
+    history = [EpochStats(**h) for h in header["history"]]
+    gstate = GuardState.from_dict(header["guard"]) if header.get("guard") else GuardState()
+    return history, int(header["epoch"]), float(header["elapsed_s"]), gstate
 
 
-def _train_epoch(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    method: Any,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    config: TrainConfig,
-    epoch: int,
-    steps_per_epoch: int,
-    total_steps: int,
-    bounds: tuple[float, float],
-    progress: bool,
-) -> tuple[float, float, float]:
-    """One pass over shuffled data; returns (mean loss, accuracy on the training batches, last lr)."""
-    order_gen = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-    order = torch.randperm(len(x), generator=order_gen).to(x.device)
-    # Attacks inside adversarial methods draw from their own generator, also fixed by (seed, epoch).
-    attack_gen = torch.Generator(device=x.device).manual_seed(config.seed * 100_019 + epoch)
-    loss_sum = torch.zeros((), device=x.device)
-    correct = torch.zeros((), device=x.device, dtype=torch.long)
-    bar = tqdm(
-        range(steps_per_epoch),
-        desc=f"epoch {epoch + 1}/{config.epochs}",
-        disable=not progress,
-        leave=False,
-        unit="batch",
-    )
-    lr = config.lr
-    for i in bar:
-        step = epoch * steps_per_epoch + i
-        lr = learning_rate(config.schedule, config.lr, step, total_steps, steps_per_epoch, config.milestones)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        idx = order[i * config.batch_size : (i + 1) * config.batch_size]
-        xb, yb = x[idx], y[idx]
-        ctx = StepContext(epoch=epoch, progress=step / total_steps, generator=attack_gen, bounds=bounds)
-        model.train()
-        loss, logits = method(model, xb, yb, ctx)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        loss_sum += loss.detach() * len(yb)
-        correct += (logits.detach().argmax(1) == yb).sum()
-        if progress and i % 20 == 0:
-            seen = min((i + 1) * config.batch_size, len(x))
-            bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.4f}")
-    bar.close()
-    return loss_sum.item() / len(x), correct.item() / len(x), lr
+@dataclass
+class _EpochLoop:
+    """One pass over the shuffled data. ``trained`` takes the update's forward (the model, or DDP around it);
+    under torch.distributed each process takes its share ``rank::world`` of every global batch, so the averaged
+    gradient is the full batch's, as in a single process."""
+
+    trained: nn.Module
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    method: Any
+    config: TrainConfig
+    steps_per_epoch: int
+    total_steps: int
+    bounds: tuple[float, float]
+    rank: int = 0
+    world: int = 1
+
+    def run(self, x: torch.Tensor, y: torch.Tensor, epoch: int, progress: bool) -> tuple[float, float, float]:
+        """Returns (mean loss, accuracy on the training batches, last lr), over all processes."""
+        config = self.config
+        order_gen = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+        order = torch.randperm(len(x), generator=order_gen).to(x.device)
+        # Attacks inside adversarial methods draw from their own generator, fixed by (seed, epoch, rank).
+        attack_gen = torch.Generator(device=x.device).manual_seed(config.seed * 100_019 + epoch + 7_919 * self.rank)
+        loss_sum = torch.zeros((), device=x.device)
+        correct = torch.zeros((), device=x.device)
+        seen = torch.zeros((), device=x.device)
+        bar = tqdm(
+            range(self.steps_per_epoch),
+            desc=f"epoch {epoch + 1}/{config.epochs}",
+            disable=not progress,
+            leave=False,
+            unit="batch",
+        )
+        lr = config.lr
+        for i in bar:
+            step = epoch * self.steps_per_epoch + i
+            lr = learning_rate(
+                config.schedule, config.lr, step, self.total_steps, self.steps_per_epoch, config.milestones
+            )
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            idx = order[i * config.batch_size : (i + 1) * config.batch_size][self.rank :: self.world]
+            xb, yb = x[idx], y[idx]
+            ctx = StepContext(
+                epoch=epoch,
+                progress=step / self.total_steps,
+                generator=attack_gen,
+                bounds=self.bounds,
+                attack_model=self.model if self.trained is not self.model else None,
+            )
+            self.trained.train()
+            loss, logits = self.method(self.trained, xb, yb, ctx)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            loss_sum += loss.detach() * len(yb)
+            correct += (logits.detach().argmax(1) == yb).sum()
+            seen += len(yb)
+            if progress and i % 20 == 0:
+                bar.set_postfix(loss=f"{loss_sum.item() / seen.item():.4f}", acc=f"{correct.item() / seen.item():.4f}")
+        bar.close()
+        totals = torch.stack([loss_sum, correct, seen]).double()
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(totals)
+        return (totals[0] / totals[2]).item(), (totals[1] / totals[2]).item(), lr

@@ -6,6 +6,7 @@ the trainer loop does not change.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -19,12 +20,17 @@ from squiggles.errors import SquigglesError
 
 @dataclass(frozen=True)
 class StepContext:
-    """What a method may know about where training is: epoch, fraction done, a seeded generator, bounds."""
+    """What a method may know about where training is: epoch, fraction done, a seeded generator, bounds.
+
+    ``attack_model`` is the bare model for attacks when the one being trained is wrapped (DistributedDataParallel
+    must see exactly one forward per backward, so attacks go around it).
+    """
 
     epoch: int
     progress: float
     generator: torch.Generator
     bounds: tuple[float, float]
+    attack_model: nn.Module | None = None
 
 
 class TrainMethod(Protocol):
@@ -55,3 +61,9 @@ def make_method(name: str, **options: Any) -> TrainMethod:
     if name not in METHODS:
         raise SquigglesError(f"unknown training method {name!r}; choose one of {', '.join(METHODS)}")
     return METHODS[name](**options)
+
+
+def method_defaults(name: str) -> dict[str, Any]:
+    """A method's default options: what a recipe means where it says nothing (e.g. eps and norm)."""
+    params = inspect.signature(METHODS[name]).parameters
+    return {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}

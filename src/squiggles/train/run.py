@@ -12,7 +12,9 @@ from torch import nn
 from squiggles._io import ensure_writable_dir
 from squiggles.checkpoints import WEIGHTS, ModelCard, load_weights, save_model
 from squiggles.data import Dataset, load_dataset, load_tensors
+from squiggles.distributed import barrier, rank_world
 from squiggles.errors import SquigglesError
+from squiggles.evaluation.ensembles import ENSEMBLES
 from squiggles.models import build_model, is_import_path
 from squiggles.runtime import resolve_device
 from squiggles.train.loop import Logger, TrainConfig, TrainResult, fit
@@ -67,10 +69,16 @@ def train_model(
     device: str = "auto",
     resume: bool = False,
     overwrite: bool = False,
+    final_eval: str | None = "auto",
+    final_eval_n: int = 1000,
     progress: bool = True,
     log: Logger = print,
 ) -> tuple[TrainResult, Path]:
     """Train a model from ``config`` and save it (weights + card) in ``out_dir``.
+
+    ``final_eval``: the evaluation cascade (``"quick"``, ``"standard"``) whose robust accuracy on the first
+    ``final_eval_n`` test points, at the training threat model, goes into the card; ``"auto"`` is ``"quick"``
+    for adversarial methods and none for standard training; None skips it.
 
     Example:
         >>> from squiggles.train import TrainConfig, train_model   # doctest: +SKIP
@@ -85,6 +93,7 @@ def train_model(
     train, test = load_training_data(config.dataset, test_dataset, data_dir, progress)
     model, kwargs = build_seeded(config.arch, train, config.seed, arch_kwargs, init_weights)
     model.to(resolve_device(device))
+    full_test = test
     if config.eval_n is not None:
         test = test.subset(min(config.eval_n, len(test)))
     result = fit(
@@ -100,6 +109,16 @@ def train_model(
         progress=progress,
         log=log,
     )
+    metrics: dict[str, Any] = {
+        "clean_accuracy": result.test_acc,
+        "test_points": len(test),
+        "history": [dataclasses.asdict(h) for h in result.history],
+    }
+    if result.guard is not None:
+        metrics["guard"] = result.guard
+    ensemble = _final_ensemble(final_eval, config)
+    if ensemble:
+        metrics.update(robust_metrics(model, full_test, config, ensemble, final_eval_n, train.bounds, progress, log))
     card = ModelCard(
         arch=config.arch,
         arch_kwargs=kwargs,
@@ -108,14 +127,58 @@ def train_model(
         recipe=config.to_dict(),
         seed=config.seed,
         wall_time_s=round(result.wall_time_s, 2),
-        metrics={
-            "clean_accuracy": result.test_acc,
-            "test_points": len(test),
-            "history": [dataclasses.asdict(h) for h in result.history],
-        },
+        metrics=metrics,
     )
-    save_model(model.cpu(), out, card, overwrite=True)
+    if rank_world()[0] == 0:  # under torchrun every process holds the same model; one writes it
+        save_model(model.cpu(), out, card, overwrite=True)
+    barrier()
     return result, out
+
+
+def _final_ensemble(final_eval: str | None, config: TrainConfig) -> str | None:
+    if final_eval == "auto":
+        return None if config.method == "standard" else "quick"
+    if final_eval not in (None, "none", *ENSEMBLES):
+        raise SquigglesError(f"unknown final evaluation {final_eval!r}; choose auto, none, {', '.join(ENSEMBLES)}")
+    return None if final_eval in (None, "none") else final_eval
+
+
+def robust_metrics(
+    model: nn.Module,
+    test: Dataset,
+    config: TrainConfig,
+    ensemble: str,
+    n: int,
+    bounds: tuple[float, float],
+    progress: bool,
+    log: Logger,
+) -> dict[str, Any]:
+    """Robust accuracy by the evaluation cascade on the first ``n`` held-out test points, for the card."""
+    from squiggles.evaluation import evaluate
+    from squiggles.threat import make_threat
+    from squiggles.train.methods import method_defaults
+
+    opts = {**method_defaults(config.method), **config.method_options}
+    threat = make_threat(opts.get("norm", "linf"), opts.get("eps", 0.3), bounds)
+    n = min(n, len(test))
+    log(f"final evaluation: {ensemble} cascade at {threat} on the first {n} test points")
+    res = evaluate(
+        model, (test.x[:n], test.y[:n]), threat, ensemble, seed=config.seed, keep_adv=False, progress=progress
+    )
+    log(f"robust accuracy {res.robust_accuracy:.4f} (clean {res.clean_accuracy:.4f}) on {n} test points")
+    return {
+        "robust_accuracy": res.robust_accuracy,
+        "robust_eval": {
+            "attacks": ensemble,
+            "norm": threat.name,
+            "eps": float(threat.eps),
+            "points": n,
+            "clean_accuracy": res.clean_accuracy,
+            "breakdown": res.breakdown(0),
+            "flags": res.flags,
+            "seed": config.seed,
+        },
+    }
 
 
 def _is_file(name: str) -> bool:

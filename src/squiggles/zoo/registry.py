@@ -1,0 +1,182 @@
+"""The zoo's registry: which models it holds, the recipe behind each, and where the shipped weights live.
+
+A zoo model is an ordinary model folder (``model.safetensors`` + ``card.json``) stored in the package under
+``squiggles/zoo/weights/<name>/``. ``SQUIGGLES_ZOO_DIR`` names a folder searched first, laid out the same
+way (``$SQUIGGLES_ZOO_DIR/<name>/model.safetensors``): weights kept outside the package (a shared drive,
+models being trained for the zoo, tests) are then found by every command and every process.
+
+Example:
+    >>> from squiggles.zoo import get_entry, train_command
+    >>> get_entry("mnist-standard").role
+    'standard'
+    >>> train_command(get_entry("mnist-standard").train_args)
+    'squiggles train --model madry-cnn --dataset mnist --epochs 2 --out DIR'
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from squiggles.checkpoints import CARD, WEIGHTS, ModelCard, load_model, read_card
+from squiggles.errors import SquigglesError
+
+ENV_DIR = "SQUIGGLES_ZOO_DIR"
+PACKAGED_DIR = Path(__file__).resolve().parent / "weights"
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """One zoo model: its name, what it is for, and the exact ``squiggles train`` arguments behind it.
+
+    ``train_args`` leave out ``--out``; the figures to reproduce come from the shipped card's metrics
+    (``clean_accuracy``, and ``robust_accuracy`` with ``robust_eval`` describing how it was measured).
+    """
+
+    name: str
+    summary: str
+    role: str
+    train_args: tuple[str, ...]
+
+
+# One copy of the L-inf budget and schedule, so the observers can differ from mnist-linf-0.3 only where intended.
+_LINF_RECIPE = ("--eps", "0.3", "--attack-steps", "10", "--warmup", "0.3", "--epochs", "8")
+
+ZOO: dict[str, ZooEntry] = {}
+
+
+def register(entry: ZooEntry) -> ZooEntry:
+    """Add ``entry`` to the zoo (refusing a name already taken, so a recipe is never silently replaced)."""
+    if entry.name in ZOO:
+        raise SquigglesError(f"zoo name {entry.name!r} is already registered; pick another name")
+    if "--out" in entry.train_args:
+        raise SquigglesError(f"zoo entry {entry.name!r}: leave --out out of train_args; reproduce() supplies it")
+    ZOO[entry.name] = entry
+    return entry
+
+
+for _entry in (
+    ZooEntry(
+        "mnist-standard",
+        "Madry CNN trained without attacks: high clean accuracy, no robustness",
+        "standard",
+        ("--model", "madry-cnn", "--dataset", "mnist", "--epochs", "2"),
+    ),
+    ZooEntry(
+        "mnist-linf-0.3",
+        "Small CNN, PGD adversarial training at L-inf eps 0.3",
+        "linf-robust",
+        ("--model", "small-cnn", "--dataset", "mnist", "--method", "pgd", *_LINF_RECIPE),
+    ),
+    ZooEntry(
+        "mnist-l2-2.0",
+        "Small CNN, PGD adversarial training at L2 eps 2.0",
+        "l2-robust",
+        (
+            "--model",
+            "small-cnn",
+            "--dataset",
+            "mnist",
+            "--method",
+            "pgd",
+            "--norm",
+            "l2",
+            "--eps",
+            "2.0",
+            "--attack-steps",
+            "10",
+            "--warmup",
+            "0.3",
+            "--epochs",
+            "8",
+        ),
+    ),
+    ZooEntry(
+        "mnist-linf-0.3-observer-a",
+        "Small CNN, TRADES at L-inf eps 0.3, seed 1: a second opinion for transfer checks",
+        "observer",
+        ("--model", "small-cnn", "--dataset", "mnist", "--method", "trades", *_LINF_RECIPE, "--seed", "1"),
+    ),
+    ZooEntry(
+        "mnist-linf-0.3-observer-b",
+        "MLP, PGD at L-inf eps 0.3, seed 2: a different architecture for transfer checks",
+        "observer",
+        ("--model", "mlp", "--dataset", "mnist", "--method", "pgd", *_LINF_RECIPE, "--seed", "2"),
+    ),
+):
+    register(_entry)
+
+
+def list_entries() -> list[ZooEntry]:
+    """Every registered zoo entry, in registration order."""
+    return list(ZOO.values())
+
+
+def get_entry(name: str) -> ZooEntry:
+    """The entry called ``name``; an unknown name is an error listing the zoo."""
+    try:
+        return ZOO[name]
+    except KeyError:
+        raise SquigglesError(
+            f"no zoo model called {name!r}; choose one of: {', '.join(ZOO)} (see `squiggles zoo list`)"
+        ) from None
+
+
+def weights_dir(name: str) -> Path:
+    """Folder holding ``name``'s weights and card: under ``$SQUIGGLES_ZOO_DIR`` if complete there, else packaged.
+
+    When neither holds the model, the folder where it is expected first is returned.
+    """
+    get_entry(name)
+    candidates = [Path(root) / name for root in _roots()]
+    return next((c for c in candidates if _complete(c)), candidates[0])
+
+
+def is_shipped(name: str) -> bool:
+    """True when both ``model.safetensors`` and ``card.json`` of ``name`` are present."""
+    return _complete(weights_dir(name))
+
+
+def zoo_card(name: str) -> ModelCard:
+    """The card shipped with ``name`` (an error saying how to reproduce it when it is not shipped)."""
+    return read_card(_shipped_dir(name))
+
+
+def load_zoo_model(name: str, device: str | torch.device | None = None) -> nn.Module:
+    """The zoo model ``name`` in eval mode (on ``device`` if given).
+
+    Example:
+        >>> from squiggles.zoo import load_zoo_model   # doctest: +SKIP
+        >>> model = load_zoo_model("mnist-linf-0.3")  # doctest: +SKIP
+    """
+    return load_model(_shipped_dir(name), device)
+
+
+def train_command(train_args: Sequence[str], out: str = "DIR") -> str:
+    """The shell command line that runs ``train_args`` into ``out``."""
+    return shlex.join(["squiggles", "train", *train_args, "--out", out])
+
+
+def _shipped_dir(name: str) -> Path:
+    path = weights_dir(name)
+    if not _complete(path):
+        raise SquigglesError(
+            f"the weights of zoo model {name!r} are not in this build (looked in {path}); "
+            f"train them with `squiggles zoo reproduce {name} --out DIR`, then pass --model DIR"
+        )
+    return path
+
+
+def _roots() -> list[Path]:
+    extra = os.environ.get(ENV_DIR)
+    return [Path(extra), PACKAGED_DIR] if extra else [PACKAGED_DIR]
+
+
+def _complete(path: Path) -> bool:
+    return (path / WEIGHTS).is_file() and (path / CARD).is_file()
