@@ -111,6 +111,7 @@ def main() -> None:
             robust[name] = row.pop("_robust")
         report[name] = row
         log(f"{name}: {row.get('robust_accuracy')} in {row.get('seconds')} s")
+        log(json.dumps({name: row}, default=str))  # each row as soon as it exists: long runs lose nothing
     if "autoattack" in robust:
         for name in ("quick", "standard"):
             if name in robust:

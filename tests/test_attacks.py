@@ -141,6 +141,21 @@ def test_pgd_returns_the_best_iterate_not_the_last():
     assert res.x_adv.item() == pytest.approx(0.3)
 
 
+def test_pgd_l2_starts_inside_half_the_ball_by_default():
+    # steps=1 with a zero step returns the random start itself, so its radius can be read off the norms.
+    x = torch.full((64, 1, 8, 8), 0.5)
+    net = _cnn()
+    half = ATTACKS["pgd"](net, x, None, L2(2.0), steps=1, step_size=0.0, seed=3)
+    whole = ATTACKS["pgd"](net, x, None, L2(2.0), steps=1, step_size=0.0, seed=3, init_scale=1.0)
+    assert half.config["init_scale"] == 0.5 and whole.config["init_scale"] == 1.0
+    assert half.norms.max() <= 1.0 + 1e-5 and half.norms.min() > 0.7  # uniform in the ball: radius near the rim
+    assert whole.norms.min() > 1.4
+    linf = ATTACKS["pgd"](net, x, None, Linf(0.1), steps=1, step_size=0.0, seed=3)
+    assert linf.config["init_scale"] == 1.0 and linf.norms.max() > 0.09
+    with pytest.raises(Exception, match="init_scale"):
+        ATTACKS["pgd"](net, x, None, L2(2.0), init_scale=2.0)
+
+
 def _linear_problem(k: int = 3):
     g = torch.Generator().manual_seed(0)
     model = nn.Linear(5, k).double()

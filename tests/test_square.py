@@ -80,8 +80,7 @@ def test_eps_zero_returns_x_and_spends_no_attack_queries(norm):
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 def test_easy_model_is_broken_within_a_few_queries(norm):
     x = torch.full((8, 6), 0.55)
-    res = square(_easy_linear(), x, torch.zeros(8, dtype=torch.long), THREATS[norm](2 * EPS[norm]),
-                 queries=1000)
+    res = square(_easy_linear(), x, torch.zeros(8, dtype=torch.long), THREATS[norm](2 * EPS[norm]), queries=1000)
     assert res.success_rate == 1.0
     assert res.queries.max() <= 30
 
@@ -200,3 +199,37 @@ def test_bad_options_are_refused():
         square(_cnn(), x, None, Linf(0.1), queries=0)
     with pytest.raises(SquigglesError, match="p_init"):
         square(_cnn(), x, None, Linf(0.1), p_init=1.5)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_replaying_the_queries_per_example_gives_the_counts_the_stops_and_the_result(norm):
+    # Square works on a compacted batch of the examples not yet broken, in the input's order. Split every
+    # forward pass back into examples: each is queried until its breaking query or its whole budget, and
+    # its result is the candidate that the accept-if-improved-or-broken rule keeps.
+    budget, x = 60, _images(16)
+    # From no budget (no query) to easily broken, some in the same query (at the initialisation here).
+    eps = torch.cat([torch.linspace(0, 2.5, 12), torch.full((4,), 8.0)]) * EPS[norm]
+    model = _Recorder(_cnn())
+    res = square(model, x, None, THREATS[norm](eps), queries=budget, seed=2)
+    spent, broken = res.queries - 2, res.success  # run_attack adds the clean and the verifying pass
+    assert spent[0] == 0 and (spent[1:] >= 1).all() and broken[1:].any() and (~broken[1:]).any()
+    assert (spent[1:][~broken[1:]] == budget).all() and (spent[broken] < budget).all()
+    assert len(set(spent[broken].tolist())) < broken.sum()  # two break together: compaction drops both
+    calls = list(zip(model.inputs[1:-1], model.outputs[1:-1], strict=True))
+    assert len(calls) == spent.max()
+    history: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {i: [] for i in range(len(x))}
+    for k, (inp, out) in enumerate(calls):
+        active = (spent > k).nonzero().flatten().tolist()
+        assert len(inp) == len(active)  # broken examples leave the batch at once
+        for row, i in enumerate(active):
+            history[i].append((inp[row], out[row]))
+    for i, seen in history.items():
+        label = res.labels[i : i + 1]
+        hits = [bool(out.argmax() != label) for _, out in seen]
+        assert hits == [False] * (len(seen) - 1) + [bool(broken[i])] * (len(seen) > 0)  # stops at its break
+        best_x, best_m = x[i], -math.inf
+        for cand, out in seen:
+            m = margin(out[None], label).item()
+            if m > best_m or out.argmax() != label:
+                best_x, best_m = cand, m
+        assert torch.allclose(res.x_adv[i], best_x, atol=1e-6)

@@ -8,6 +8,12 @@ Queries: the stripes (Linf) or squares (L2) initialisation is the first of the `
 Square itself makes per example, as in the paper's code. ``result.queries`` also counts the clean and the
 verifying forward passes that `run_attack` makes for every attack, so it is at most ``queries + 2``.
 
+Cost: the loop keeps compacted tensors of the examples not yet broken (compacted again only when some
+break); Linf windows take precomputed values ``clip(x +- eps)``, which need no projection; window offsets
+and the L2 pattern are computed once per window size. Randomness: the Linf sign redraws are drawn at once,
+``1 + _REDRAWS`` per iteration, so Linf results for a seed differ from versions before this (the
+distribution is the same); the L2 draws are as before.
+
 Example:
     >>> import torch
     >>> from squiggles.attacks.square import square
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -36,13 +43,20 @@ from squiggles.threat import L2, Linf, ThreatModel
 # Iterations (on a 10,000-iteration scale) after which p halves; rescaled to the budget as in AutoAttack.
 _HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 # Redraws of the Linf window signs when they would leave the window unchanged (the paper redraws until
-# they change it); after these, the signs are flipped, which always changes it when eps > 0.
+# they change it); if the last draw still would, its signs are flipped, which always changes it when eps > 0.
 _REDRAWS = 4
 
 
 def square(
-    model: Callable[[Tensor], Tensor], x: Tensor, y_or_goal: GoalLike, threat: ThreatModel, *,
-    queries: int = 5000, p_init: float = 0.8, loss: str | Loss = "margin", seed: Seed = 0,
+    model: Callable[[Tensor], Tensor],
+    x: Tensor,
+    y_or_goal: GoalLike,
+    threat: ThreatModel,
+    *,
+    queries: int = 5000,
+    p_init: float = 0.8,
+    loss: str | Loss = "margin",
+    seed: Seed = 0,
 ) -> AttackResult:
     """Square Attack in Linf or L2 with at most ``queries`` forward passes per example (plus the clean and
     the verifying one), window fraction ``p_init`` at the start, maximising ``loss``.
@@ -56,52 +70,71 @@ def square(
     features. The result has the input's shape.
     """
     if not isinstance(threat, Linf | L2):
-        raise SquigglesError(f"square supports the Linf and L2 threat models, got {type(threat).__name__}; "
-                             "use pgd for L1")
+        raise SquigglesError(
+            f"square supports the Linf and L2 threat models, got {type(threat).__name__}; use pgd for L1"
+        )
     if isinstance(queries, bool) or not isinstance(queries, int) or queries < 1:
         raise SquigglesError(f"queries must be an integer >= 1, got {queries!r}")
     if not 0 < p_init <= 1:
-        raise SquigglesError(f"p_init (the fraction of the image the first windows cover) must be in (0, 1], "
-                             f"got {p_init}")
+        raise SquigglesError(
+            f"p_init (the fraction of the image the first windows cover) must be in (0, 1], got {p_init}"
+        )
     loss_fn = get_loss(loss)
     linf = isinstance(threat, Linf)
 
     def core(oracle: Oracle, x: Tensor, goal: ResolvedGoal, threat: ThreatModel, gen: torch.Generator) -> Tensor:
         img = _as_image(x)
-        shape = x.shape[1:]
+        shape, (c, h, w) = x.shape[1:], img.shape[1:]
         eps = threat.eps_like(img).flatten()
         best = img.clone()
-        best_loss = torch.full((len(x),), -torch.inf, dtype=x.dtype, device=x.device)
-        done = eps <= 0  # nothing can move inside a zero budget, so those points spend no queries
-
-        def evaluate(idx: Tensor, cand: Tensor, accept_all: bool) -> None:
-            logits = oracle.logits(cand.reshape(len(idx), *shape), idx)
-            g = goal.subset(idx)
-            values, success = loss_fn(logits, g.labels, g.targets), g.success(logits)
-            take = torch.ones_like(success) if accept_all else (values > best_loss[idx]) | success
-            where = idx[take]
-            best[where] = cand[take]
-            best_loss[where] = values[take].to(x.dtype)
-            done[where] = success[take]
-
-        idx = (~done).nonzero().flatten()
+        idx = (eps > 0).nonzero().flatten()  # nothing can move inside a zero budget, so those points spend no queries
         if len(idx) == 0:
             return x
-        sub = subset_threat(threat, idx)
-        init = _linf_init if linf else _l2_init
-        evaluate(idx, sub.project(init(img[idx], eps[idx], gen), img[idx]), accept_all=True)
-        step = _linf_step if linf else _l2_step
+        # Working tensors hold only the active (not yet broken) examples, compacted in the iterations where
+        # some break, so the loop does not re-index the full batch every query.
+        xa, eps, goal, sub = img[idx], eps[idx], goal.subset(idx), subset_threat(threat, idx)
+        cand = sub.project((_linf_init if linf else _l2_init)(xa, eps, gen), xa)
+        # Linf windows only ever take the values clip(x - eps) or clip(x + eps): compute both once, already
+        # inside ball and bounds, so no candidate needs projecting (run_attack's finalize projects anyway).
+        ref = _lo_hi(xa, eps, sub) if linf else xa
+        logits = oracle.logits(cand.reshape(len(idx), *shape), idx)
+        cur_loss, done = loss_fn(logits, goal.labels, goal.targets).to(x.dtype), goal.success(logits)
+        cur = cand.clone()  # updated in place below, so not the tensor the model was given
+        lo, hi = threat.bounds
+        tol = 16 * torch.finfo(x.dtype).eps * max(1.0, abs(lo), abs(hi))
+        p_last = _p_at(0, queries, p_init)
+        stage = _stage(p_last, h, w, not linf, img)
         for it in range(queries - 1):
-            idx = (~done).nonzero().flatten()
-            if len(idx) == 0:
-                break
-            sub = subset_threat(threat, idx)
-            cand = step(img[idx], best[idx], eps[idx], _p_at(it, queries, p_init), sub, gen)
-            evaluate(idx, sub.project(cand, img[idx]), accept_all=False)
+            if done.any():  # broken examples leave: write them back and compact the rest
+                gone, keep = done.nonzero().flatten(), (~done).nonzero().flatten()
+                best[idx[gone]] = cur[gone]
+                if len(keep) == 0:
+                    return best.reshape(x.shape)
+                idx, ref, cur, eps, cur_loss = idx[keep], ref[keep], cur[keep], eps[keep], cur_loss[keep]
+                goal = goal.subset(keep)
+            p = _p_at(it, queries, p_init)
+            if p != p_last:  # the window size (and the L2 pattern) only change at the schedule's halvings
+                p_last, stage = p, _stage(p, h, w, not linf, img)
+            if linf:
+                cand, win, new, old = _linf_step(ref, cur, stage, tol, gen)
+            else:
+                cand = _l2_step(ref, cur, eps, stage, threat, gen)
+            logits = oracle.logits(cand.reshape(len(idx), *shape), idx)
+            values, done = loss_fn(logits, goal.labels, goal.targets).to(x.dtype), goal.success(logits)
+            take = (values > cur_loss) | done
+            cur_loss = torch.where(take, values, cur_loss)
+            if linf:  # the candidate differs from the current best only in the window
+                cur.view(len(idx), c, -1).scatter_(2, win, torch.where(take.view(-1, 1, 1), new, old))
+            else:
+                cur = torch.where(take.view(-1, 1, 1, 1), cand, cur)
+        best[idx] = cur
         return best.reshape(x.shape)
 
-    config = {"queries": queries, "p_init": p_init,
-              "loss": loss if isinstance(loss, str) else getattr(loss, "__name__", "custom")}
+    config = {
+        "queries": queries,
+        "p_init": p_init,
+        "loss": loss if isinstance(loss, str) else getattr(loss, "__name__", "custom"),
+    }
     return run_attack("square", core, model, x, y_or_goal, threat, seed, config)
 
 
@@ -135,14 +168,33 @@ def _window(p: float, h: int, w: int, min_side: int = 1, odd: bool = False) -> t
     return sh, min(w, max(1, round(s * s / sh)))
 
 
-def _window_index(n: int, h: int, w: int, sh: int, sw: int, c: int, gen: torch.Generator,
-                  device: torch.device) -> Tensor:
-    """Flat (H*W) indices of one uniformly placed sh x sw window per example, shaped N x C x sh*sw."""
-    top = torch.randint(0, h - sh + 1, (n, 1, 1), generator=gen, device=device)
-    left = torch.randint(0, w - sw + 1, (n, 1, 1), generator=gen, device=device)
-    rows = top + torch.arange(sh, device=device).view(1, -1, 1)
-    cols = left + torch.arange(sw, device=device).view(1, 1, -1)
-    return (rows * w + cols).view(n, 1, sh * sw).expand(n, c, sh * sw)
+class _Stage(NamedTuple):
+    """What only changes when the window fraction p does: the window's sides, the flat offsets of its cells
+    from its top-left corner (1 x 1 x sh*sw), and for L2 the window pattern and its transpose (2 x sh*sw)."""
+
+    sh: int
+    sw: int
+    offsets: Tensor
+    patterns: Tensor
+
+
+def _stage(p: float, h: int, w: int, l2: bool, like: Tensor) -> _Stage:
+    sh, sw = _window(p, h, w, min_side=3, odd=True) if l2 else _window(p, h, w)
+    rows, cols = torch.arange(sh, device=like.device), torch.arange(sw, device=like.device)
+    offsets = (rows.view(-1, 1) * w + cols).view(1, 1, -1)
+    if not l2:
+        return _Stage(sh, sw, offsets, like.new_empty(0))
+    pat = _pattern(sh, sw, like)
+    # Only square windows can be transposed; a stretched one keeps its orientation.
+    return _Stage(sh, sw, offsets, torch.stack([pat.flatten(), (pat.t() if sh == sw else pat).flatten()]))
+
+
+def _window_index(n: int, h: int, w: int, stage: _Stage, gen: torch.Generator) -> Tensor:
+    """Flat (H*W) indices of one uniformly placed window per example, shaped N x 1 x sh*sw."""
+    device = stage.offsets.device
+    top = torch.randint(0, h - stage.sh + 1, (n, 1, 1), generator=gen, device=device)
+    left = torch.randint(0, w - stage.sw + 1, (n, 1, 1), generator=gen, device=device)
+    return torch.add(left, top, alpha=w) + stage.offsets
 
 
 def _signs(shape: tuple[int, ...], like: Tensor, gen: torch.Generator) -> Tensor:
@@ -158,28 +210,37 @@ def _linf_init(x: Tensor, eps: Tensor, gen: torch.Generator) -> Tensor:
     return x + eps.view(-1, 1, 1, 1) * _signs((n, c, 1, w), x, gen)
 
 
-def _linf_step(x: Tensor, best: Tensor, eps: Tensor, p: float, threat: ThreatModel,
-               gen: torch.Generator) -> Tensor:
-    """Set one random window of each channel to x +- eps (one sign per channel), starting from ``best``."""
-    n, c, h, w = x.shape
-    sh, sw = _window(p, h, w)
-    idx = _window_index(n, h, w, sh, sw, c, gen, x.device)
-    x_win = x.flatten(2).gather(2, idx)
-    best_win = best.flatten(2).gather(2, idx)
-    step = eps.view(-1, 1, 1)
-    lo, hi = threat.bounds
-    tol = 16 * torch.finfo(x.dtype).eps * max(1.0, abs(lo), abs(hi))
-    signs = _signs((n, c, 1), x, gen)
-    # A window that would stay as it is (common on saturated pixels) wastes a query: redraw its signs.
-    for r in range(_REDRAWS + 1):
-        new_win = threat.clip(x_win + step * signs)
-        same = (new_win - best_win).abs().flatten(1).amax(1) <= tol
-        if not same.any():
-            break
-        fresh = -signs if r == _REDRAWS else _signs((n, c, 1), x, gen)
-        signs = torch.where(same.view(-1, 1, 1), fresh, signs)
-    new_win = threat.clip(x_win + step * signs)
-    return best.flatten(2).scatter(2, idx, new_win).view_as(x)
+def _lo_hi(x: Tensor, eps: Tensor, threat: ThreatModel) -> Tensor:
+    """The two values a Linf window can give each cell, x - eps and x + eps projected: N x C x 2 x H*W."""
+    e = eps.view(-1, 1, 1, 1)
+    return torch.stack([threat.project(x - e, x), threat.project(x + e, x)], 2).flatten(3)
+
+
+def _linf_step(
+    lo_hi: Tensor, best: Tensor, stage: _Stage, tol: float, gen: torch.Generator
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Set one random window of each channel to x +- eps (one sign per channel), starting from ``best``.
+
+    Returns the candidate, the window's flat indices (N x C x sh*sw), and its new and its current values.
+    """
+    n, c, h, w = best.shape
+    win = _window_index(n, h, w, stage, gen)
+    k = win.shape[2]
+    flat = best.view(n, c, h * w)
+    old = flat.gather(2, win.expand(n, c, k))
+    both = lo_hi.gather(3, win.view(n, 1, 1, k).expand(n, c, 2, k))
+    # A candidate equal to the best (common on saturated pixels) wastes a query, so signs that would leave
+    # the window as it is are redrawn, up to _REDRAWS times. All draws are made at once and the first
+    # that changes the window is kept per example: the same distribution as redrawing in a loop, without
+    # a loop of small ops and host syncs.
+    same_as = (both - old.unsqueeze(2)).abs().amax(3) <= tol  # N x C x 2: sign index 0 is -, 1 is +
+    draws = torch.randint(0, 2, (_REDRAWS + 1, n, c, 1), generator=gen, device=best.device)
+    same = same_as.expand(_REDRAWS + 1, n, c, 2).gather(3, draws).all(2, keepdim=True)  # R x N x 1 x 1
+    first = (~same).to(torch.uint8).argmax(0, keepdim=True).expand(1, n, c, 1)
+    signs = torch.where(same.all(0), 1 - draws[-1], draws.gather(0, first).squeeze(0))
+    new = both.gather(2, signs.unsqueeze(3).expand(n, c, 1, k)).squeeze(2)
+    win = win.expand(n, c, k)
+    return flat.scatter(2, win, new).view_as(best), win, new, old
 
 
 # --- L2 --------------------------------------------------------------------------------------------
@@ -232,27 +293,33 @@ def _l2_init(x: Tensor, eps: Tensor, gen: torch.Generator) -> Tensor:
     grid = tiles.permute(0, 1, 2, 4, 3, 5).reshape(n, c, nh * th, nw * tw)
     delta = torch.zeros_like(x)
     top, left = (h - nh * th) // 2, (w - nw * tw) // 2
-    delta[:, :, top:top + nh * th, left:left + nw * tw] = grid
+    delta[:, :, top : top + nh * th, left : left + nw * tw] = grid
     return x + _unit(delta, (1, 2, 3)) * eps.view(-1, 1, 1, 1)
 
 
-def _l2_step(x: Tensor, best: Tensor, eps: Tensor, p: float, threat: ThreatModel,
-             gen: torch.Generator) -> Tensor:
+def _l2_step(x: Tensor, best: Tensor, eps: Tensor, stage: _Stage, threat: ThreatModel, gen: torch.Generator) -> Tensor:
     """Move the perturbation's mass from a second random window into the first, add a fresh pattern
-    there with the unused budget, and rescale the whole perturbation to norm eps."""
+    there with the unused budget, rescale the whole perturbation to norm eps, and clip to the bounds."""
     n, c, h, w = x.shape
-    sh, sw = _window(p, h, w, min_side=3, odd=True)
-    delta = (best - x).flatten(2)
-    win = _window_index(n, h, w, sh, sw, c, gen, x.device)
-    win2 = _window_index(n, h, w, sh, sw, c, gen, x.device)
-    both = torch.zeros_like(delta[:, :1]).scatter(2, win[:, :1], 1.0).scatter(2, win2[:, :1], 1.0)
-    norm_all = torch.linalg.vector_norm(delta, dim=(1, 2), keepdim=True)
-    norm_both = torch.linalg.vector_norm(delta * both, dim=(1, 2), keepdim=True)
-    eps_ = eps.view(-1, 1, 1)
+    delta = (best - x).view(n, c, h * w)  # this step's own tensor: edited in place below
+    win = _window_index(n, h, w, stage, gen)
+    win2 = _window_index(n, h, w, stage, gen)
+    k = win.shape[2]
     flips = torch.rand((n,), generator=gen, device=x.device) < 0.5
-    new = _oriented(sh, sw, flips, x).unsqueeze(1) * _signs((n, c, 1), x, gen)
-    new = new + _unit(delta.gather(2, win), (2,))
+    signs = _signs((n, c, 1), x, gen)
+    win, win2 = win.expand(n, c, k), win2.expand(n, c, k)
+    norm2 = torch.linalg.vector_norm(delta, dim=(1, 2)).square()
+    old = delta.gather(2, win)
+    # Empty both windows, summing the mass they held from the windows alone (a cell in both counted once).
+    held2 = old.square().sum((1, 2)) + delta.scatter_(2, win, 0.0).gather(2, win2).square().sum((1, 2))
+    delta.scatter_(2, win2, 0.0)
+    pattern = torch.where(flips.view(-1, 1), stage.patterns[1], stage.patterns[0]).unsqueeze(1)
+    new = pattern * signs + _unit(old, (2,))
     # Each channel's window gets what the two windows held plus an equal share of the unused budget.
-    size = ((eps_**2 - norm_all**2).clamp_min(0) / c + norm_both**2).sqrt()
-    delta = delta.scatter(2, win2, 0.0).scatter(2, win, _unit(new, (2,)) * size)
-    return x + (_unit(delta, (1, 2)) * eps_).view_as(x)
+    eps2 = eps.square()
+    size2 = (eps2 - norm2).clamp_min(0) / c + held2
+    delta.scatter_(2, win, _unit(new, (2,)) * size2.sqrt().view(-1, 1, 1))
+    # The new norm follows from the pieces (the mass outside the windows, c windows of norm size), which
+    # saves a pass over the image; only the bounds can then be left (run_attack's finalize projects anyway).
+    scale = (eps2 / ((norm2 - held2).clamp_min(0) + c * size2).clamp_min(torch.finfo(x.dtype).tiny)).sqrt()
+    return torch.addcmul(x, delta.view_as(x), scale.view(-1, 1, 1, 1)).clamp_(*threat.bounds)

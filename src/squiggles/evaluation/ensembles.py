@@ -32,11 +32,13 @@ ENSEMBLES: dict[str, tuple[Stage, ...]] = {
         Stage("apgd-ce", {"steps": 100}, "APGD-CE"),
         Stage("apgd-t", {"steps": 100, "n_target_classes": 3}, "APGD-T"),
     ),
-    # At least as strong as AutoAttack's standard version: white-box with two losses and all nine targets,
-    # then the black-box Square attack, which does not need gradients and so cannot be fooled by masking.
+    # Meant to be at least as strong as AutoAttack's standard version at half its time (measured in
+    # benchmarks/README.md): white-box with two losses, the targeted one toward the five most likely other
+    # classes (the remaining ones are the least likely, hardest to reach), then the black-box Square attack,
+    # which needs no gradients and so cannot be fooled by masking. AutoAttack's FAB-T is left out for time.
     "standard": (
         Stage("apgd-ce", {"steps": 100}, "APGD-CE"),
-        Stage("apgd-t", {"steps": 100, "n_target_classes": 9}, "APGD-T"),
+        Stage("apgd-t", {"steps": 100, "n_target_classes": 5}, "APGD-T"),
         Stage("square", {"queries": 5000}, "Square"),
     ),
 }
