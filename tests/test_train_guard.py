@@ -113,6 +113,12 @@ def test_card_records_the_cascade_robust_accuracy(tmp_path):
     assert m["robust_eval"]["points"] == 60 and m["robust_eval"]["attacks"] == "quick"
     assert m["robust_eval"]["norm"] == "linf" and m["robust_eval"]["eps"] == pytest.approx(0.1)
     assert [s["stage"] for s in m["robust_eval"]["breakdown"]] == ["clean", "APGD-CE", "APGD-T"]
+    card = read_card(out)
+    assert card.recipe["method_defaults"]["attack_mode"] == "eval", "the attack mode is recorded with the recipe"
+    assert card.recipe["guard"]["n"] == 64
+    from squiggles.zoo import card_command
+
+    assert "--guard-n 64" in card_command(card) and "method_defaults" not in card_command(card)
     with pytest.raises(SquigglesError, match="unknown final evaluation"):
         train_model(cfg, tmp_path / "n", final_eval="strongest", progress=False, log=lambda m: None)
 

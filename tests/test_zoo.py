@@ -83,23 +83,11 @@ def test_registry_holds_the_five_recipes():
     assert [get_entry(n).role for n in NAMES] == ["standard", "linf-robust", "l2-robust", "observer", "observer"]
     linf = get_entry("mnist-linf-0.3").train_args
     assert linf == (
-        "--model",
-        "small-cnn",
-        "--dataset",
-        "mnist",
-        "--method",
-        "pgd",
-        "--eps",
-        "0.3",
-        "--attack-steps",
-        "10",
-        "--warmup",
-        "0.3",
-        "--epochs",
-        "8",
-    )
+        "--model", "small-cnn", "--model-arg", "width=2", "--dataset", "mnist", "--method", "trades",
+        "--attack-steps", "5", "--eps", "0.3", "--warmup", "0.3", "--lr", "2e-3", "--epochs", "15",
+    )  # fmt: skip
     a, b = get_entry("mnist-linf-0.3-observer-a").train_args, get_entry("mnist-linf-0.3-observer-b").train_args
-    assert a[a.index("--method") + 1] == "trades" and a[-2:] == ("--seed", "1")
+    assert a[a.index("--method") + 1] == "pgd" and a[-2:] == ("--seed", "1")
     assert b[b.index("--model") + 1] == "mlp" and b[-2:] == ("--seed", "2")
     assert "--norm" in get_entry("mnist-l2-2.0").train_args
     assert all("--out" not in e.train_args for e in list_entries())

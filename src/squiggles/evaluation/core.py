@@ -55,6 +55,8 @@ def evaluate(
     """
     start = time.perf_counter()
     x, y = _tensors(data, n)
+    # The state and the result live on the CPU; each chunk goes to the model's device as it is attacked.
+    x, y = x.detach().cpu(), y.cpu()
     budgets = _budgets(threat, eps)
     stages = resolve_stages(attacks if not isinstance(attacks, list) else tuple(attacks))
     if batch_size < 1:

@@ -153,6 +153,7 @@ def fit(
             )
             stats = loop.run(train_x, train_y, epoch, progress and rank == 0)
             if guard and not guard.check(model, epoch, log):
+                elapsed += time.perf_counter() - t0  # the lost epoch was spent all the same: the card says so
                 restore(model, optimizer, snap)
                 if len(gstate.rollbacks) > guard.config.max_rollbacks:
                     log(

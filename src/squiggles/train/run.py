@@ -18,6 +18,7 @@ from squiggles.evaluation.ensembles import ENSEMBLES
 from squiggles.models import build_model, is_import_path
 from squiggles.runtime import resolve_device
 from squiggles.train.loop import Logger, TrainConfig, TrainResult, fit
+from squiggles.train.methods import method_defaults
 from squiggles.train.state import CHECKPOINT
 
 
@@ -124,7 +125,8 @@ def train_model(
         arch_kwargs=kwargs,
         dataset=config.dataset,
         bounds=train.bounds,
-        recipe=config.to_dict(),
+        # What the recipe means where it says nothing (attack mode, steps, step size...), recorded beside it.
+        recipe={**config.to_dict(), "method_defaults": method_defaults(config.method)},
         seed=config.seed,
         wall_time_s=round(result.wall_time_s, 2),
         metrics=metrics,
@@ -156,7 +158,6 @@ def robust_metrics(
     """Robust accuracy by the evaluation cascade on the first ``n`` held-out test points, for the card."""
     from squiggles.evaluation import evaluate
     from squiggles.threat import make_threat
-    from squiggles.train.methods import method_defaults
 
     opts = {**method_defaults(config.method), **config.method_options}
     threat = make_threat(opts.get("norm", "linf"), opts.get("eps", 0.3), bounds)

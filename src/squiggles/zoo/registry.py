@@ -46,7 +46,10 @@ class ZooEntry:
 
 
 # One copy of the L-inf budget and schedule, so the observers can differ from mnist-linf-0.3 only where intended.
-_LINF_RECIPE = ("--eps", "0.3", "--attack-steps", "10", "--warmup", "0.3", "--epochs", "8")
+_LINF_RECIPE = ("--eps", "0.3", "--warmup", "0.3", "--lr", "2e-3")
+# The fast-recipe candidate, chosen by a search on a GPU (README.md, Results): TRADES with 5 attack steps on a
+# twice-as-wide small CNN reached 99.0% clean and 91.5% under the standard cascade (1,000 test points), 15 epochs.
+_WIDE = ("--model", "small-cnn", "--model-arg", "width=2")
 
 ZOO: dict[str, ZooEntry] = {}
 
@@ -70,9 +73,9 @@ for _entry in (
     ),
     ZooEntry(
         "mnist-linf-0.3",
-        "Small CNN, PGD adversarial training at L-inf eps 0.3",
+        "Small CNN (width 2), TRADES adversarial training at L-inf eps 0.3",
         "linf-robust",
-        ("--model", "small-cnn", "--dataset", "mnist", "--method", "pgd", *_LINF_RECIPE),
+        (*_WIDE, "--dataset", "mnist", "--method", "trades", "--attack-steps", "5", *_LINF_RECIPE, "--epochs", "15"),
     ),
     ZooEntry(
         "mnist-l2-2.0",
@@ -99,15 +102,42 @@ for _entry in (
     ),
     ZooEntry(
         "mnist-linf-0.3-observer-a",
-        "Small CNN, TRADES at L-inf eps 0.3, seed 1: a second opinion for transfer checks",
+        "Small CNN (width 2), PGD-10 at L-inf eps 0.3, seed 1: a second opinion for transfer checks",
         "observer",
-        ("--model", "small-cnn", "--dataset", "mnist", "--method", "trades", *_LINF_RECIPE, "--seed", "1"),
+        (
+            *_WIDE,
+            "--dataset",
+            "mnist",
+            "--method",
+            "pgd",
+            "--attack-steps",
+            "10",
+            *_LINF_RECIPE,
+            "--epochs",
+            "8",
+            "--seed",
+            "1",
+        ),
     ),
     ZooEntry(
         "mnist-linf-0.3-observer-b",
         "MLP, PGD at L-inf eps 0.3, seed 2: a different architecture for transfer checks",
         "observer",
-        ("--model", "mlp", "--dataset", "mnist", "--method", "pgd", *_LINF_RECIPE, "--seed", "2"),
+        (
+            "--model",
+            "mlp",
+            "--dataset",
+            "mnist",
+            "--method",
+            "pgd",
+            "--attack-steps",
+            "10",
+            *_LINF_RECIPE,
+            "--epochs",
+            "8",
+            "--seed",
+            "2",
+        ),
     ),
 ):
     register(_entry)

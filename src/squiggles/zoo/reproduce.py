@@ -88,6 +88,10 @@ def card_command(card: ModelCard | dict[str, Any], out: str = "DIR") -> str:
     for key, value in recipe.items():
         if key == "method_options":
             args += _method_flags(value)
+        elif key == "guard":
+            args += _guard_flags(value)
+        elif key not in defaults:
+            continue  # a record beside the recipe (e.g. method_defaults), not a flag
         elif value is not None and value != defaults.get(key):
             flag = "--" + key.replace("_", "-")
             args += [flag, *map(str, value)] if isinstance(value, list) else [flag, str(value)]
@@ -150,6 +154,14 @@ def _method_flags(options: dict[str, Any]) -> list[str]:
     for keyword, value in options.items():
         args += ["--" + flag_of.get(keyword, keyword).replace("_", "-"), str(value)]
     return args
+
+
+def _guard_flags(guard: dict[str, Any] | None) -> list[str]:
+    if not guard:
+        return []
+    if not guard.get("enabled", True):
+        return ["--no-guard"]
+    return ["--guard-n", str(guard["n"])] if guard.get("n", 256) != 256 else []
 
 
 def _card(card: ModelCard | dict[str, Any]) -> ModelCard:
