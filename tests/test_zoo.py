@@ -84,7 +84,8 @@ def test_registry_holds_the_five_recipes():
     linf = get_entry("mnist-linf-0.3").train_args
     assert linf == (
         "--model", "small-cnn", "--model-arg", "width=2", "--dataset", "mnist", "--method", "trades",
-        "--attack-steps", "5", "--eps", "0.3", "--warmup", "0.3", "--lr", "2e-3", "--epochs", "15",
+        "--attack-steps", "5", "--eps", "0.3", "--warmup", "0.3", "--lr", "2e-3", "--final-eval", "standard",
+        "--epochs", "15",
     )  # fmt: skip
     a, b = get_entry("mnist-linf-0.3-observer-a").train_args, get_entry("mnist-linf-0.3-observer-b").train_args
     assert a[a.index("--method") + 1] == "pgd" and a[-2:] == ("--seed", "1")
