@@ -51,6 +51,12 @@ def _check(eps: float, warmup: float, attack_mode_name: str, step_scale: float) 
         raise SquigglesError("attacks during training run in eval mode (attack_mode='eval')")
 
 
+def _adversarial_ce(model: nn.Module, x_adv: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """The update's loss: cross-entropy on the adversarial batch, in train mode (the caller's mode)."""
+    logits = model(x_adv)
+    return F.cross_entropy(logits, y), logits
+
+
 def make_pgd(
     eps: float = 0.3,
     norm: str = "linf",
@@ -67,8 +73,7 @@ def make_pgd(
         threat = _threat(options, ctx)
         size = (step_size if step_size is not None else 2.5 * float(threat.eps) / steps) * step_scale
         x_adv = pgd(ctx.attack_model or model, x, y, threat, steps=steps, step_size=size, seed=ctx.generator).x_adv
-        logits = model(x_adv)
-        return F.cross_entropy(logits, y), logits
+        return _adversarial_ce(model, x_adv, y)
 
     return method
 
@@ -90,8 +95,7 @@ def make_fgsm_rs(
         x_adv = fgsm(
             ctx.attack_model or model, x, y, threat, random_start=True, step_size=size, seed=ctx.generator
         ).x_adv
-        logits = model(x_adv)
-        return F.cross_entropy(logits, y), logits
+        return _adversarial_ce(model, x_adv, y)
 
     return method
 

@@ -45,11 +45,16 @@ class ZooEntry:
     train_args: tuple[str, ...]
 
 
+def _args(line: str) -> tuple[str, ...]:
+    """A recipe written as it is typed after ``squiggles train``."""
+    return tuple(shlex.split(line))
+
+
 # One copy of the L-inf budget and schedule, so the observers can differ from mnist-linf-0.3 only where intended.
-_LINF_RECIPE = ("--eps", "0.3", "--warmup", "0.3", "--lr", "2e-3", "--final-eval", "standard")
+_LINF = "--eps 0.3 --warmup 0.3 --lr 2e-3 --final-eval standard"
 # The fast-recipe candidate, chosen by a search on a GPU (README.md, Results): TRADES with 5 attack steps on a
 # twice-as-wide small CNN reached 99.0% clean and 91.5% under the standard cascade (1,000 test points), 15 epochs.
-_WIDE = ("--model", "small-cnn", "--model-arg", "width=2")
+_WIDE = "--model small-cnn --model-arg width=2"
 
 ZOO: dict[str, ZooEntry] = {}
 
@@ -69,75 +74,34 @@ for _entry in (
         "mnist-standard",
         "Madry CNN trained without attacks: high clean accuracy, no robustness",
         "standard",
-        ("--model", "madry-cnn", "--dataset", "mnist", "--epochs", "2"),
+        _args("--model madry-cnn --dataset mnist --epochs 2"),
     ),
     ZooEntry(
         "mnist-linf-0.3",
         "Small CNN (width 2), TRADES adversarial training at L-inf eps 0.3",
         "linf-robust",
-        (*_WIDE, "--dataset", "mnist", "--method", "trades", "--attack-steps", "5", *_LINF_RECIPE, "--epochs", "15"),
+        _args(f"{_WIDE} --dataset mnist --method trades --attack-steps 5 {_LINF} --epochs 15"),
     ),
     ZooEntry(
         "mnist-l2-2.0",
         "Small CNN, PGD adversarial training at L2 eps 2.0",
         "l2-robust",
-        (
-            "--model",
-            "small-cnn",
-            "--dataset",
-            "mnist",
-            "--method",
-            "pgd",
-            "--norm",
-            "l2",
-            "--eps",
-            "2.0",
-            "--attack-steps",
-            "10",
-            "--warmup",
-            "0.3",
-            "--epochs",
-            "8",
+        _args(
+            "--model small-cnn --dataset mnist --method pgd --norm l2 --eps 2.0 --attack-steps 10 --warmup 0.3 "
+            "--epochs 8"
         ),
     ),
     ZooEntry(
         "mnist-linf-0.3-observer-a",
         "Small CNN (width 2), PGD-10 at L-inf eps 0.3, seed 1: a second opinion for transfer checks",
         "observer",
-        (
-            *_WIDE,
-            "--dataset",
-            "mnist",
-            "--method",
-            "pgd",
-            "--attack-steps",
-            "10",
-            *_LINF_RECIPE,
-            "--epochs",
-            "8",
-            "--seed",
-            "1",
-        ),
+        _args(f"{_WIDE} --dataset mnist --method pgd --attack-steps 10 {_LINF} --epochs 8 --seed 1"),
     ),
     ZooEntry(
         "mnist-linf-0.3-observer-b",
         "MLP, PGD at L-inf eps 0.3, seed 2: a different architecture for transfer checks",
         "observer",
-        (
-            "--model",
-            "mlp",
-            "--dataset",
-            "mnist",
-            "--method",
-            "pgd",
-            "--attack-steps",
-            "10",
-            *_LINF_RECIPE,
-            "--epochs",
-            "8",
-            "--seed",
-            "2",
-        ),
+        _args(f"--model mlp --dataset mnist --method pgd --attack-steps 10 {_LINF} --epochs 8 --seed 2"),
     ),
 ):
     register(_entry)
