@@ -44,7 +44,7 @@ TINY = ZooEntry(
     "standard",
     ("--model", "mlp", "--dataset", "digits", "--epochs", "1", "--lr", "0.01", "--batch-size", "32"),
 )
-NAMES = ["mnist-standard", "mnist-linf-0.3", "mnist-l2-2.0", "mnist-linf-0.3-observer-a", "mnist-linf-0.3-observer-b"]
+NAMES = ["mnist-standard", "mnist-linf-0.3", "mnist-l2-2.0", "mnist-l2-observer-a", "mnist-l2-observer-b"]
 
 
 @pytest.fixture
@@ -87,7 +87,7 @@ def test_registry_holds_the_five_recipes():
         "--attack-steps", "5", "--eps", "0.3", "--warmup", "0.3", "--lr", "2e-3", "--final-eval", "standard",
         "--epochs", "15",
     )  # fmt: skip
-    a, b = get_entry("mnist-linf-0.3-observer-a").train_args, get_entry("mnist-linf-0.3-observer-b").train_args
+    a, b = get_entry("mnist-l2-observer-a").train_args, get_entry("mnist-l2-observer-b").train_args
     assert a[a.index("--method") + 1] == "pgd" and a[-2:] == ("--seed", "1")
     assert b[b.index("--model") + 1] == "mlp" and b[-2:] == ("--seed", "2")
     assert "--norm" in get_entry("mnist-l2-2.0").train_args
@@ -107,7 +107,7 @@ def test_unknown_name_lists_the_zoo(capsys):
     with pytest.raises(SquigglesError, match="squiggles zoo list"):
         weights_dir("nope")
     assert main(["zoo", "show", "nope"]) == 2
-    assert "mnist-linf-0.3-observer-b" in capsys.readouterr().err
+    assert "mnist-l2-observer-b" in capsys.readouterr().err
 
 
 def test_not_shipped_says_how_to_reproduce(zoo_dir, capsys):

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 
-def _pyplot():  # noqa: ANN202
+def pyplot():  # noqa: ANN202
     """matplotlib's pyplot on the headless Agg backend, imported only when a figure is drawn."""
     import matplotlib
 
@@ -36,16 +36,16 @@ def attack_grid(
     rows: int = 8,
 ) -> Path:
     """Clean image, signed perturbation (a heat map) and adversarial image, one example per row."""
-    plt = _pyplot()
+    plt = pyplot()
     n = min(rows, len(clean))
     fig, axes = plt.subplots(n, 3, figsize=(6, 2 * n), squeeze=False)
     delta = (adv - clean)[:n]
     scale = max(delta.abs().max().item(), 1e-12)
     for i in range(n):
         panels = [
-            (_hwc(clean[i], bounds), "gray", None, f"label {int(labels[i])}, pred {int(clean_pred[i])}"),
+            (as_image(clean[i], bounds), "gray", None, f"label {int(labels[i])}, pred {int(clean_pred[i])}"),
             (delta[i].mean(0).numpy(), "RdBu_r", (-scale, scale), f"perturbation (max {scale:.3g})"),
-            (_hwc(adv[i], bounds), "gray", None, f"pred {int(adv_pred[i])} ({float(adv_conf[i]):.2f})"),
+            (as_image(adv[i], bounds), "gray", None, f"pred {int(adv_pred[i])} ({float(adv_conf[i]):.2f})"),
         ]
         fooled = int(adv_pred[i]) != int(labels[i])
         for col, (ax, (img, cmap, lim, text)) in enumerate(zip(axes[i], panels, strict=True)):
@@ -62,7 +62,8 @@ def attack_grid(
     return path
 
 
-def _hwc(img: Tensor, bounds: tuple[float, float]):
+def as_image(img: Tensor, bounds: tuple[float, float]):  # noqa: ANN201
+    """One image (C x H x W) scaled to [0, 1] as H x W (gray) or H x W x C, ready for imshow."""
     lo, hi = bounds
     img = ((img - lo) / (hi - lo)).clamp(0, 1)
     return img[0].numpy() if img.shape[0] == 1 else img.permute(1, 2, 0).numpy()
@@ -75,7 +76,7 @@ def confidence(logits: Tensor) -> Tensor:
 
 def eps_curve(path: Path, curves: dict[str, tuple[list[float], list[float]]], norm: str, title: str = "") -> Path:
     """Robust accuracy against the budget, one line per model or setting (PNG or SVG by the suffix)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for label, (eps, acc) in curves.items():
         ax.plot(eps, [100 * a for a in acc], marker="o", label=label)
