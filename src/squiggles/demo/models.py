@@ -76,13 +76,11 @@ def load_ref(ref: str, models_dir: Path, *, retrain: bool, device: Any, log: Cal
 def _train_zoo_model(name: str, models_dir: Path, *, retrain: bool, log: Callable[[str], None],
                      progress: bool) -> tuple[Path, bool]:
     """``models_dir/name``, trained from the zoo recipe unless a complete earlier run is there."""
-    from squiggles.checkpoints import CARD, WEIGHTS
     from squiggles.train.state import CHECKPOINT
     from squiggles.zoo import get_entry, reproduce, train_command
 
     folder = models_dir / name
-    done = (folder / WEIGHTS).is_file() and (folder / CARD).is_file() and not (folder / CHECKPOINT).exists()
-    if done and not retrain:
+    if _finished(folder) and not retrain:
         log(f"reusing {name} trained by an earlier demo in {folder}")
         return folder, False
     if retrain and folder.exists():
@@ -92,6 +90,19 @@ def _train_zoo_model(name: str, models_dir: Path, *, retrain: bool, log: Callabl
     resume = (folder / CHECKPOINT).exists()
     reproduce(name, folder, extra_args=("--resume",) if resume else (), progress=progress)
     return folder, True
+
+
+def _finished(folder: Path) -> bool:
+    """A training folder whose card records every epoch of its recipe (an interrupted run is resumed instead)."""
+    from squiggles.checkpoints import WEIGHTS, read_card
+
+    if not (folder / WEIGHTS).is_file():
+        return False
+    try:
+        card = read_card(folder)
+    except SquigglesError:
+        return False
+    return len(card.metrics.get("history", [])) >= int(card.recipe.get("epochs", 0) or 0) > 0
 
 
 def _set_aside(folder: Path) -> None:
