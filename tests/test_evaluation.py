@@ -128,3 +128,32 @@ def test_model_calls_include_the_minimal_norm_prepass(setup):
     assert res.prepass_stats is not None and res.prepass_stats["forwards"] > 0
     assert res.model_calls()["forwards"] == stages + res.prepass_stats["forwards"]
     assert res.to_json()["minimal_norm_prepass"]["backwards"] > 0
+
+
+def test_fast_layout_is_channels_last_inside_and_restored_after():
+    from squiggles.models import build_model
+    from squiggles.runtime import fast_layout
+
+    torch.manual_seed(0)
+    cnn = build_model("small-cnn", in_shape=(1, 8, 8), num_classes=10).eval()
+    x = torch.rand(4, 1, 8, 8)
+    before = cnn(x)
+    conv = next(p for p in cnn.parameters() if p.dim() == 4 and p.shape[1] > 1)
+    with fast_layout(cnn, x):
+        assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+        inside = cnn(x)
+    assert all(p.is_contiguous() for p in cnn.parameters())
+    assert torch.allclose(inside, before, atol=1e-5)
+    mlp = build_model("mlp", in_shape=(6,), num_classes=2)
+    with fast_layout(mlp, torch.rand(3, 6)):  # nothing to convolve: untouched
+        assert all(p.is_contiguous() for p in mlp.parameters())
+
+
+def test_evaluate_leaves_the_model_layout_as_it_found_it(digits_model):
+    import squiggles
+
+    model = squiggles.load_model(digits_model)
+    data = squiggles.load_dataset("digits", "test").subset(16)
+    res = squiggles.evaluate(model, data, Linf(0.1), "apgd-ce", progress=False)
+    assert all(p.is_contiguous() for p in model.parameters())
+    assert res.disagreements == [0]  # the final verification agrees with the attacks, in the same layout

@@ -28,7 +28,7 @@ from squiggles.evaluation import state as state_io
 from squiggles.evaluation.cascade import CLEAN_ERROR, REUSED, ROBUST, StageStats, run_cascade, stage_seed
 from squiggles.evaluation.ensembles import Stage, resolve_stages
 from squiggles.evaluation.result import EvalResult
-from squiggles.runtime import predict
+from squiggles.runtime import fast_layout, predict
 from squiggles.threat import ThreatModel
 
 Model = Callable[[Tensor], Tensor]
@@ -72,21 +72,25 @@ def evaluate(
     st = state_io.load_or_new(state_path, rank, fingerprint, len(x), len(budgets), len(stages), len(chunks),
                               x.shape[1:], x.dtype, keep_adv)
     mine = [c for c in range(len(chunks)) if c % world == rank and not st.done[c]]
-    bar = tqdm(mine, desc="evaluate", unit="chunk", disable=not progress)
-    for c in bar:
-        lo, hi = chunks[c], min(chunks[c] + batch_size, len(x))
-        _run_chunk(model, x[lo:hi].to(dev), y[lo:hi].to(dev), threat, stages, budgets, reuse, seed, c, st, lo, hi)
-        st.done[c] = True
-        state_io.save(state_path, rank, st, fingerprint)
-        if progress:
-            bar.set_postfix(robust=f"{st.robust[-1][st.chunk_mask(chunks, batch_size)].float().mean().item():.4f}")
-    bar.close()
-    st = state_io.gather(st, world, chunks, batch_size)
-    result = _finish(model, x, y, threat, stages, budgets, st, dev, config, seed)
-    if checks:
-        from squiggles.evaluation.checks import run_checks
+    # Every pass of the evaluation, the final verification included, runs in the one (faster) weight layout.
+    with fast_layout(model, x):
+        bar = tqdm(mine, desc="evaluate", unit="chunk", disable=not progress)
+        for c in bar:
+            lo, hi = chunks[c], min(chunks[c] + batch_size, len(x))
+            _run_chunk(model, x[lo:hi].to(dev), y[lo:hi].to(dev), threat, stages, budgets, reuse, seed, c, st, lo,
+                       hi)
+            st.done[c] = True
+            state_io.save(state_path, rank, st, fingerprint)
+            if progress:
+                robust = st.robust[-1][st.chunk_mask(chunks, batch_size)].float().mean().item()
+                bar.set_postfix(robust=f"{robust:.4f}")
+        bar.close()
+        st = state_io.gather(st, world, chunks, batch_size)
+        result = _finish(model, x, y, threat, stages, budgets, st, dev, config, seed)
+        if checks:
+            from squiggles.evaluation.checks import run_checks
 
-        result.flags = run_checks(model, x, y, threat, result, dev, seed)
+            result.flags = run_checks(model, x, y, threat, result, dev, seed)
     result.wall_time_s = time.perf_counter() - start
     return result
 
