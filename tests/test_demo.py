@@ -95,6 +95,18 @@ def test_load_ref_errors_name_the_problem(tmp_path):
         load_ref("user_model:make", tmp_path, **kw)
 
 
+def test_a_model_that_does_not_fit_the_data_is_a_clear_error(digits_model, tmp_path):
+    from squiggles.data import load_dataset
+    from squiggles.demo.models import Cast
+    from squiggles.demo.run import _check_fit
+
+    mnist_shaped = build_model("small-cnn", in_shape=(1, 28, 28), num_classes=10).eval()
+    cast = Cast({"standard": mnist_shaped}, [], {"standard": {"ref": "runs/mnist"}})
+    with pytest.raises(SquigglesError, match=r"standard model \(runs/mnist\) cannot take digits inputs of shape "
+                                             r"\(1, 8, 8\).*--standard"):
+        _check_fit(cast, load_dataset("digits", "test"), torch.device("cpu"))
+
+
 def test_config_refuses_settings_that_cannot_work():
     with pytest.raises(SquigglesError, match="eval eps must be positive"):
         DemoConfig(eval_eps=[0.0]).check()

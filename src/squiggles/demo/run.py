@@ -102,6 +102,7 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
     test, cast = stages.run("data and models", lambda: (_load_data(config), load_cast(
         config.roles, config.observers, out / "models", retrain=config.retrain, device=device, log=log,
         progress=config.progress)))
+    _check_fit(cast, test, device)
     results: dict[str, Any] = {"schema": SCHEMA_VERSION, "kind": "demo", "name": f"squiggles demo on {config.dataset}",
                                "dataset": config.dataset,
                                "config": _config_json(config), "models": _model_json(cast)}
@@ -130,6 +131,24 @@ def _check_out(out: Path) -> None:
     if kind != "demo":
         raise SquigglesError(f"{out} is not empty and holds no earlier demo (results.json of kind 'demo'); "
                              "give an empty or new --out folder")
+
+
+def _check_fit(cast: Cast, test: Any, device: torch.device) -> None:
+    """Each model must take the dataset's inputs and give one score per class, before any time is spent."""
+    x = test.x[:2].to(device)
+    models = {**cast.models, **{f"observer-{k + 1}": m for k, m in enumerate(cast.observers)}}
+    for role, model in models.items():
+        ref = cast.sources[role]["ref"]
+        try:
+            with torch.no_grad():
+                out = model(x)
+        except RuntimeError as exc:
+            raise SquigglesError(f"the {role} model ({ref}) cannot take {test.name} inputs of shape "
+                                 f"{tuple(test.x.shape[1:])} ({str(exc).splitlines()[0]}); give a model trained "
+                                 f"on this data with --{role.split('-')[0]}") from None
+        if out.dim() != 2 or out.shape[1] != test.num_classes:
+            raise SquigglesError(f"the {role} model ({ref}) gives outputs of shape {tuple(out.shape[1:])}, "
+                                 f"not {test.num_classes} class scores for {test.name}")
 
 
 def _load_data(config: DemoConfig) -> Any:
