@@ -109,12 +109,13 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
     results["evaluation"] = stages.run("evaluation", lambda: _evaluation(config, cast, test, device, figures))
     results["squiggles"] = stages.run("squiggles figure", lambda: _squiggles(config, cast, test, device, figures))
     results["wormholes"] = stages.run("wormholes", lambda: _wormholes(config, cast, test, device, figures))
-    results.update(stage_seconds=stages.seconds, wall_time_s=round(time.perf_counter() - start, 2),
+    # The page is rendered from results.json, so the report stage's own time is not in it.
+    results.update(stage_seconds=dict(stages.seconds), wall_time_s=round(time.perf_counter() - start, 2),
                    versions=versions(), device=str(device))
     write_json(out / "results.json", results)
     from squiggles.report.html import write_report
 
-    results["report"] = str(write_report(out, overwrite=False))
+    results["report"] = str(stages.run("report", lambda: write_report(out, overwrite=False)))
     return results
 
 
