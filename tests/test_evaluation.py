@@ -149,6 +149,45 @@ def test_fast_layout_is_channels_last_inside_and_restored_after():
         assert all(p.is_contiguous() for p in mlp.parameters())
 
 
+def test_fast_layout_nested_blocks_and_keep_layout_leave_the_outer_layout_alone():
+    from squiggles.models import build_model
+    from squiggles.runtime import fast_layout, keep_layout
+
+    cnn = build_model("small-cnn", in_shape=(1, 8, 8), num_classes=10).eval()
+    x = torch.rand(4, 1, 8, 8)
+    conv = next(p for p in cnn.parameters() if p.dim() == 4 and p.shape[1] > 1)
+    with fast_layout(cnn, x):
+        with fast_layout(cnn, x):
+            pass
+        # the inner block did not restore NCHW under the outer one
+        assert not conv.is_contiguous()
+    assert conv.is_contiguous()
+    with keep_layout(), fast_layout(cnn, x):
+        assert conv.is_contiguous()
+
+
+def test_attacks_run_in_channels_last_and_restore_the_layout(monkeypatch):
+    from squiggles.attacks import pgd
+    from squiggles.models import build_model
+
+    torch.manual_seed(0)
+    cnn = build_model("small-cnn", in_shape=(1, 8, 8), num_classes=10).eval()
+    conv = next(p for p in cnn.parameters() if p.dim() == 4 and p.shape[1] > 1)
+    seen = []
+    cnn.register_forward_pre_hook(lambda m, args: seen.append(conv.is_contiguous()))
+    x, y = torch.rand(6, 1, 8, 8), torch.randint(0, 10, (6,))
+    res = pgd(cnn, x, y, Linf(0.1), steps=3)
+    assert seen and not any(seen)  # every pass, the final verification included, in channels-last
+    assert conv.is_contiguous()
+    seen.clear()
+    from squiggles.runtime import keep_layout
+
+    with keep_layout():
+        kept = pgd(cnn, x, y, Linf(0.1), steps=3)
+    assert seen and all(seen)
+    assert torch.allclose(kept.x_adv, res.x_adv, atol=1e-4)
+
+
 def test_evaluate_leaves_the_model_layout_as_it_found_it(digits_model):
     import squiggles
 

@@ -89,3 +89,22 @@ def test_cli_method_flags(tmp_path):
     res = run_cli("train", "--dataset", "digits", "--method", "fgsm-rs", "--eps", "0.1", "--epochs", "1", "--quiet",
                   "--out", str(tmp_path / "c"))
     assert res.returncode == 0, res.stderr
+
+
+def test_training_attacks_keep_the_weights_layout(tmp_path):
+    # The optimizer and DDP's gradient buckets hold the parameters' storage, so the trainer's attacks must not
+    # switch a CNN to channels-last weights as stand-alone attacks do (squiggles.runtime.keep_layout).
+    from squiggles.models import build_model
+    from squiggles.train.guard import GuardConfig
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(32, 1, 8, 8, generator=g), torch.arange(32) % 10
+    cnn = build_model("small-cnn", in_shape=(1, 8, 8), num_classes=10)
+    conv = next(p for p in cnn.parameters() if p.dim() == 4 and p.shape[1] > 1)
+    seen = []
+    cnn.register_forward_pre_hook(lambda m, args: seen.append(conv.is_contiguous()))
+    # the guard's between-epoch evaluation may use the fast layout; only the steps are under test here
+    cfg = TrainConfig(method="pgd", method_options={"eps": 0.1, "steps": 2}, epochs=1, batch_size=16, seed=0,
+                      guard=GuardConfig(enabled=False))
+    fit(cnn, x, y, x, y, cfg, tmp_path, bounds=(0.0, 1.0), progress=False, log=lambda m: None)
+    assert len(seen) > 4 and all(seen)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from collections.abc import Iterator
 
 import torch
@@ -33,25 +34,60 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
             m.training = mode
 
 
+# True while the layout of the weights must not change: inside a `fast_layout` block (nested blocks then
+# leave the outer one's layout alone) or a `keep_layout` block (training, where DDP and the optimizer hold
+# the parameters' storage).
+_LAYOUT_FIXED: contextvars.ContextVar[bool] = contextvars.ContextVar("squiggles_layout_fixed", default=False)
+
+
+@contextlib.contextmanager
+def keep_layout() -> Iterator[None]:
+    """Attacks and evaluations inside this block leave the model's weight layout alone.
+
+    The trainer runs its attacks inside one, and so can a user whose own loop holds on to the parameters'
+    storage (a compiled model, views of ``p.data``)::
+
+        >>> import torch
+        >>> from squiggles.runtime import keep_layout
+        >>> with keep_layout():
+        ...     pass   # squiggles.attacks.pgd(model, x, y, threat) here keeps the weights' layout
+    """
+    token = _LAYOUT_FIXED.set(True)
+    try:
+        yield
+    finally:
+        _LAYOUT_FIXED.reset(token)
+
+
 @contextlib.contextmanager
 def fast_layout(model: object, x: torch.Tensor) -> Iterator[None]:
     """Channels-last weights for the block when ``model`` convolves images on the CPU; restored after.
 
-    oneDNN's CPU convolutions run in that layout natively: on a madry-cnn it halves the forward time and cuts
-    forward plus input-gradient by a fifth (benchmarks/README.md). The numbers differ only by float rounding,
-    and every pass inside the block uses the same layout, so results stay reproducible. Other models, inputs
-    and devices are left untouched.
+    oneDNN's CPU convolutions run in that layout natively: on a madry-cnn it cuts the forward time by a third
+    and forward plus input-gradient by a fifth (benchmarks/README.md); on a very small CNN it costs a few per
+    cent. The numbers differ only by float rounding, and every pass inside the block uses the same layout, so
+    results stay reproducible. Other models, inputs and devices, DistributedDataParallel wrappers, and
+    anything inside `keep_layout` or an outer `fast_layout` are left untouched.
     """
-    convolves = isinstance(model, nn.Module) and any(p.dim() == 4 for p in model.parameters())
-    on_cpu = isinstance(model, nn.Module) and all(p.device.type == "cpu" for p in model.parameters())
-    if not (convolves and on_cpu and x.dim() == 4):
+    if _LAYOUT_FIXED.get() or not _wants_channels_last(model, x):
         yield
         return
+    assert isinstance(model, nn.Module)
     model.to(memory_format=torch.channels_last)
+    token = _LAYOUT_FIXED.set(True)
     try:
         yield
     finally:
+        _LAYOUT_FIXED.reset(token)
         model.to(memory_format=torch.contiguous_format)
+
+
+def _wants_channels_last(model: object, x: torch.Tensor) -> bool:
+    if not isinstance(model, nn.Module) or isinstance(model, nn.parallel.DistributedDataParallel):
+        return False
+    params = list(model.parameters())
+    convolves = any(p.dim() == 4 for p in params)
+    return convolves and x.dim() == 4 and all(p.device.type == "cpu" for p in params)
 
 
 @torch.no_grad()

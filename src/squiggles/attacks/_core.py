@@ -21,7 +21,7 @@ from squiggles.errors import SquigglesError
 from squiggles.goals import GoalLike, ResolvedGoal, as_goal, resolve_goal
 from squiggles.losses import Loss
 from squiggles.results import AttackResult
-from squiggles.runtime import eval_mode
+from squiggles.runtime import eval_mode, fast_layout
 from squiggles.threat import ThreatModel
 
 Seed = int | torch.Generator | None
@@ -146,7 +146,7 @@ def run_attack(
     x = check_inputs(x, threat)
     goal_in = as_goal(y_or_goal)
     generator, seed_record = make_generator(seed, x.device)
-    with attack_mode(model):
+    with attack_mode(model), fast_layout(model, x):
         oracle = Oracle(model, len(x), x.device)
         clean_logits = oracle.logits(x)
         check_logits(clean_logits, len(x))

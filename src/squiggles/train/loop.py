@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from squiggles.distributed import barrier, rank_world
 from squiggles.errors import SquigglesError
-from squiggles.runtime import accuracy
+from squiggles.runtime import accuracy, keep_layout
 from squiggles.train.guard import Guard, GuardConfig, GuardState, restore, snapshot
 from squiggles.train.methods import StepContext, make_method
 from squiggles.train.schedule import SCHEDULES, learning_rate
@@ -285,7 +285,8 @@ class _EpochLoop:
                 attack_model=self.model if self.trained is not self.model else None,
             )
             self.trained.train()
-            loss, logits = self.method(self.trained, xb, yb, ctx)
+            with keep_layout():  # the optimizer and DDP's buckets hold the parameters' storage
+                loss, logits = self.method(self.trained, xb, yb, ctx)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
