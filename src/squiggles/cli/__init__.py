@@ -10,11 +10,20 @@ import sys
 from collections.abc import Sequence
 
 from squiggles import __version__
-from squiggles.cli import attack_cmd, data_cmd, demo_cmd, evaluate_cmd, report_cmd, train_cmd, zoo_cmd
+from squiggles.cli import (
+    attack_cmd,
+    data_cmd,
+    demo_cmd,
+    evaluate_cmd,
+    experiment_cmd,
+    report_cmd,
+    train_cmd,
+    zoo_cmd,
+)
 from squiggles.cli.common import Parser
 from squiggles.errors import SquigglesError
 
-COMMANDS = (train_cmd, attack_cmd, evaluate_cmd, data_cmd, zoo_cmd, demo_cmd, report_cmd)
+COMMANDS = (train_cmd, attack_cmd, evaluate_cmd, data_cmd, zoo_cmd, demo_cmd, experiment_cmd, report_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:
