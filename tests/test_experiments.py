@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -75,3 +76,16 @@ def test_cli_lists_the_experiments_and_refuses_bad_input(tmp_path):
     bad = run_cli("experiment", "spheres", "--set", "oops", "--out", str(tmp_path / "c"))
     assert bad.returncode == 2 and "expected KEY=VALUE" in bad.stderr
     assert not (tmp_path / "a").exists()  # refused before any work or folder
+
+
+def test_an_experiment_page_in_a_real_browser(tmp_path):
+    from test_report_browser import check_page_in_browser, require_browser
+
+    from squiggles.experiments import run_experiment
+
+    require_browser()
+    results = run_experiment("spheres", tmp_path / "spheres", quick=True, progress=False, log=lambda m: None)
+    seen = check_page_in_browser(Path(results["report"]), tmp_path / "spheres.png")
+    assert seen["console_errors"] == [] and seen["page_errors"] == []
+    assert len(seen["image_widths"]) == len(results["figures"]) >= 3 and min(seen["image_widths"]) > 0
+    assert seen["distinct_colours"] > 10
