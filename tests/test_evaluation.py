@@ -164,6 +164,10 @@ def test_fast_layout_nested_blocks_and_keep_layout_leave_the_outer_layout_alone(
     assert conv.is_contiguous()
     with keep_layout(), fast_layout(cnn, x):
         assert conv.is_contiguous()
+    cnn.to(memory_format=torch.channels_last)  # the user's own choice of layout is kept, not "restored"
+    with fast_layout(cnn, x):
+        pass
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
 
 
 def test_attacks_run_in_channels_last_and_restore_the_layout(monkeypatch):

@@ -86,8 +86,10 @@ def _wants_channels_last(model: object, x: torch.Tensor) -> bool:
     if not isinstance(model, nn.Module) or isinstance(model, nn.parallel.DistributedDataParallel):
         return False
     params = list(model.parameters())
-    convolves = any(p.dim() == 4 for p in params)
-    return convolves and x.dim() == 4 and all(p.device.type == "cpu" for p in params)
+    kernels = [p for p in params if p.dim() == 4]
+    # Weights the user already keeps in another layout stay as they are (restoring would change them).
+    as_given = all(p.is_contiguous() for p in kernels)
+    return bool(kernels) and as_given and x.dim() == 4 and all(p.device.type == "cpu" for p in params)
 
 
 @torch.no_grad()
