@@ -76,6 +76,9 @@ def test_cli_lists_the_experiments_and_refuses_bad_input(tmp_path):
     bad = run_cli("experiment", "spheres", "--set", "oops", "--out", str(tmp_path / "c"))
     assert bad.returncode == 2 and "expected KEY=VALUE" in bad.stderr
     assert not (tmp_path / "a").exists()  # refused before any work or folder
+    bad = run_cli("experiment", "fgsm-linear", "--quick", "--dataset", "nope", "--out", str(tmp_path / "d"))
+    assert bad.returncode == 2 and "unknown dataset 'nope'" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "d").exists()  # the refused run leaves no empty folder behind
 
 
 def test_an_experiment_page_in_a_real_browser(tmp_path):

@@ -70,6 +70,7 @@ def run_experiment(
     config = make_config(name, quick=quick, overrides=overrides)
     out = Path(out)
     check_out(out, name)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     ctx = Context(
         out=out,
@@ -83,7 +84,12 @@ def run_experiment(
         log=log,
     )
     log(f"{module.TITLE} ({module.PAPER}){' [quick]' if quick else ''}")
-    results = module.run(ctx, config)
+    try:
+        results = module.run(ctx, config)
+    except BaseException:
+        if created and not any(out.iterdir()):  # a run refused before writing anything leaves no folder behind
+            out.rmdir()
+        raise
     return finish(ctx, module, config, results, start)
 
 
