@@ -88,6 +88,8 @@ def test_sgd_and_step_schedule(blobs, tmp_path):
         ("lr", -1.0, "learning rate"),
         ("optimizer", "rmsprop", "adam, sgd"),
         ("schedule", "cosine", "onecycle, step, constant"),
+        ("precision", "fp16", "fp32, bf16"),
+        ("ema", 1.0, "decay must be 0"),
     ],
 )
 def test_bad_config_is_refused(blobs, tmp_path, field, value, message):
@@ -102,3 +104,77 @@ def test_onecycle_rises_then_falls_to_zero():
     assert 25 <= peak <= 35 and lrs[peak] == pytest.approx(1.0, abs=0.05)
     assert lrs[-1] == pytest.approx(0.0, abs=1e-9)
     assert all(a <= b for a, b in zip(lrs[:peak], lrs[1 : peak + 1], strict=True))
+
+
+def test_bf16_runs_the_step_in_bfloat16_and_keeps_float32_weights(blobs, tmp_path):
+    x, y = blobs
+    seen: dict[str, set] = {"fp32": set(), "bf16": set()}
+    for precision in seen:
+        net = _net()
+        net.register_forward_hook(lambda m, args, out, p=precision: seen[p].add(out.dtype))
+        result = fit(net, x, y, x, y, _config(precision=precision), tmp_path / precision, progress=False, log=_quiet)
+        assert result.test_acc >= 0.95
+        assert all(t.dtype == torch.float32 for t in result.model.state_dict().values())
+    # the step's forward runs in bfloat16; the per-epoch evaluation stays float32
+    assert seen["bf16"] == {torch.bfloat16, torch.float32}
+    assert seen["fp32"] == {torch.float32}
+
+
+def test_resume_accepts_a_checkpoint_older_than_a_new_setting(blobs, tmp_path):
+    # A checkpoint written before `precision` existed means the default; resuming it must not be refused.
+    from squiggles._io import read_state, write_state
+
+    x, y = blobs
+
+    def stop_after_first_epoch(msg: str) -> None:
+        if msg.startswith("epoch 1/"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(_net(), x, y, x, y, _config(), tmp_path, progress=False, log=stop_after_first_epoch)
+    tensors, header = read_state(tmp_path / CHECKPOINT, "checkpoint")
+    del header["config"]["precision"]
+    write_state(tmp_path / CHECKPOINT, tensors, header)
+    with pytest.raises(SquigglesError, match="different settings.*precision"):
+        fit(_net(), x, y, x, y, _config(precision="bf16"), tmp_path, resume=True, progress=False, log=_quiet)
+    result = fit(_net(), x, y, x, y, _config(), tmp_path, resume=True, progress=False, log=_quiet)
+    assert [h.epoch for h in result.history] == [1, 2, 3]
+
+
+def test_weight_average_follows_the_ramped_decay():
+    from squiggles.train.averaging import WeightAverage
+
+    net = nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        net.weight.fill_(0.0)
+    avg = WeightAverage(net, decay=0.5)
+    expected = 0.0
+    for t, w in enumerate([1.0, 2.0, 3.0, 4.0], start=1):
+        with torch.no_grad():
+            net.weight.fill_(w)
+        avg.update(net)
+        d = min(0.5, (1 + t) / (10 + t))
+        expected = d * expected + (1 - d) * w
+        assert avg.shadow["weight"].item() == pytest.approx(expected)
+    assert avg.copy_to(nn.Linear(1, 1, bias=False)).weight.item() == pytest.approx(expected)
+    with pytest.raises(SquigglesError, match=r"decay must be in \(0, 1\)"):
+        WeightAverage(net, decay=1.0)
+
+
+def test_ema_ships_the_average_and_resumes_exactly(blobs, tmp_path):
+    x, y = blobs
+    plain = fit(_net(), x, y, x, y, _config(), tmp_path / "plain", progress=False, log=_quiet).model
+    full = fit(_net(), x, y, x, y, _config(ema=0.9), tmp_path / "full", progress=False, log=_quiet)
+    assert full.test_acc >= 0.95
+    # the shipped weights are the average, not the last iterate (which equals the plain run's)
+    assert not torch.equal(full.model[0].weight, plain[0].weight)
+
+    def stop_after_first_epoch(msg: str) -> None:
+        if msg.startswith("epoch 1/"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(_net(), x, y, x, y, _config(ema=0.9), tmp_path / "cut", progress=False, log=stop_after_first_epoch)
+    resumed = fit(_net(), x, y, x, y, _config(ema=0.9), tmp_path / "cut", resume=True, progress=False, log=_quiet)
+    for p, q in zip(full.model.state_dict().values(), resumed.model.state_dict().values(), strict=True):
+        assert torch.equal(p, q)

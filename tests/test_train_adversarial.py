@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from squiggles.checkpoints import read_card
 from squiggles.errors import SquigglesError
 from squiggles.threat import Linf
 from squiggles.train import TrainConfig, fit
@@ -87,8 +88,11 @@ def test_cli_method_flags(tmp_path):
     res = run_cli("train", "--dataset", "digits", "--method", "pgd", "--eps", "-0.3", "--out", str(tmp_path / "b"))
     assert res.returncode == 2 and "--eps: must be >= 0" in res.stderr
     res = run_cli("train", "--dataset", "digits", "--method", "fgsm-rs", "--eps", "0.1", "--epochs", "1", "--quiet",
-                  "--out", str(tmp_path / "c"))
+                  "--precision", "bf16", "--out", str(tmp_path / "c"))
     assert res.returncode == 0, res.stderr
+    assert read_card(tmp_path / "c").recipe["precision"] == "bf16"
+    res = run_cli("train", "--dataset", "digits", "--precision", "fp16", "--out", str(tmp_path / "d"))
+    assert res.returncode == 2 and "invalid choice: 'fp16'" in res.stderr
 
 
 def test_training_attacks_keep_the_weights_layout(tmp_path):

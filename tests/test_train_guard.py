@@ -151,3 +151,19 @@ def test_sigkill_then_resume_gives_the_uninterrupted_model(tmp_path):
     a, b = load_file(str(whole / "model.safetensors")), load_file(str(killed / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert read_card(killed).metrics["guard"]["checks"] == read_card(whole).metrics["guard"]["checks"]
+
+
+def test_rollback_also_rewinds_the_weight_average(tmp_path, monkeypatch):
+    # With --ema the shipped model is the average; after the guard gives up it must be the average of the last
+    # good epoch (the one in that epoch's checkpoint), untouched by the collapsed attempts.
+    import dataclasses
+
+    fake = FakeRobust([0.6, 0.0, 0.0])
+    monkeypatch.setattr(guard_mod, "robust_accuracy", fake)
+    cfg = dataclasses.replace(config(max_rollbacks=1), ema=0.9)
+    result, out = train_model(cfg, tmp_path / "m", final_eval=None, progress=False, log=lambda m: None)
+    assert len(result.history) == 1
+    saved = load_file(str(out / "model.safetensors"))
+    ckpt = load_file(str(out / "checkpoint.safetensors"))
+    assert all(torch.equal(saved[k], ckpt[f"average/{k}"]) for k in saved)
+    assert not all(torch.equal(saved[k], fake.seen[0][k]) for k in saved), "the average, not the last weights"

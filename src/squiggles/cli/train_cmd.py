@@ -15,13 +15,14 @@ EXAMPLES = """examples:
   squiggles train --model mypkg.nets:make_net --dataset my_train.npz --test-data my_test.npz --out runs/mine
   squiggles train --model madry-cnn --dataset mnist --epochs 4 --out runs/madry --resume
   squiggles train --model small-cnn --method fgsm-rs --eps 0.3 --epochs 10 --out runs/fast    # guarded
+  squiggles train --model small-cnn --method trades --eps 0.3 --precision bf16 --ema 0.999 --epochs 15 --out runs/trades
   torchrun --nproc_per_node=2 -m squiggles train --model small-cnn --method pgd --eps 0.3 --out runs/ddp
 """
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from squiggles.models import MODELS
-    from squiggles.train.loop import OPTIMIZERS
+    from squiggles.train.loop import OPTIMIZERS, PRECISIONS
     from squiggles.train.methods import METHODS
     from squiggles.train.schedule import SCHEDULES
 
@@ -67,6 +68,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--schedule", choices=SCHEDULES, default="onecycle")
     p.add_argument(
         "--milestones", type=positive_int, nargs="*", default=[], help="epochs where 'step' divides lr by 10"
+    )
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="bf16: run each step's attack and loss under bfloat16 autocast, about 1.7x faster on CPUs with "
+        "AVX512-BF16 and on recent GPUs; weights and every evaluation stay float32 (default: fp32)",
+    )
+    p.add_argument(
+        "--ema",
+        type=nonneg_float,
+        default=0.0,
+        metavar="DECAY",
+        help="keep an exponential moving average of the weights with this decay per step (e.g. 0.999) and ship "
+        "it instead of the last weights (default: 0, off)",
     )
     p.add_argument("--eval-n", type=positive_int, help="evaluate on only the first N test points each epoch")
     p.add_argument(
@@ -118,6 +134,8 @@ def _train(args: argparse.Namespace) -> int:
         seed=args.seed,
         eval_n=args.eval_n,
         guard=_guard_config(args),
+        precision=args.precision,
+        ema=args.ema,
     )
     try:
         arch_kwargs = key_values(args.model_arg)

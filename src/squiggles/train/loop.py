@@ -8,6 +8,7 @@ so neither needs saving.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from collections.abc import Callable
@@ -22,12 +23,14 @@ from tqdm.auto import tqdm
 from squiggles.distributed import barrier, rank_world
 from squiggles.errors import SquigglesError
 from squiggles.runtime import accuracy, keep_layout
+from squiggles.train.averaging import WeightAverage
 from squiggles.train.guard import Guard, GuardConfig, GuardState, restore, snapshot
 from squiggles.train.methods import StepContext, make_method
 from squiggles.train.schedule import SCHEDULES, learning_rate
 from squiggles.train.state import CHECKPOINT, load_checkpoint, save_checkpoint
 
 OPTIMIZERS = ("adam", "sgd")
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -49,6 +52,12 @@ class TrainConfig:
     seed: int = 0
     eval_n: int | None = None
     guard: GuardConfig | None = None  # None: on for adversarial methods, with the defaults
+    # "bf16": the step's attack and loss run under bfloat16 autocast (weights, optimiser and every
+    # evaluation stay float32); about 1.7x faster on CPUs with AVX512-BF16.
+    precision: str = "fp32"
+    # Decay of an exponential moving average of the weights (0: off); the average is the model evaluated each
+    # epoch and shipped (squiggles.train.averaging).
+    ema: float = 0.0
 
     def validate(self) -> None:
         """Refuse nonsense early, with the name of the field and the fix."""
@@ -62,6 +71,14 @@ class TrainConfig:
                 f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}",
             ),
             (self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}"),
+            (
+                self.ema == 0 or 0 < self.ema < 1,
+                f"weight-average decay must be 0 (off) or in (0, 1), e.g. 0.999; got {self.ema}",
+            ),
+            (
+                self.precision in PRECISIONS,
+                f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -138,23 +155,27 @@ def fit(
     total_steps = steps_per_epoch * config.epochs
     ckpt = Path(out_dir) / CHECKPOINT
     guard = Guard.for_run(config.method, config.method_options, config.guard, train_x, train_y, bounds)
+    average = WeightAverage(model, config.ema) if config.ema else None
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(config.seed)
-        history, start_epoch, elapsed, gstate = _maybe_resume(ckpt, model, optimizer, config, resume, log)
+        history, start_epoch, elapsed, gstate = _maybe_resume(ckpt, model, optimizer, config, resume, log, average)
         if guard:
             guard.state = gstate
         epoch = start_epoch
         while epoch < config.epochs:
             t0 = time.perf_counter()
             snap = snapshot(model, optimizer) if guard else None
+            avg_snap = _average_snapshot(average) if guard else None
             method = make_method(config.method, **_method_options(config, gstate))
             loop = _EpochLoop(
-                trained, model, optimizer, method, config, steps_per_epoch, total_steps, bounds, rank, world
+                trained, model, optimizer, method, config, steps_per_epoch, total_steps, bounds, rank, world, average
             )
             stats = loop.run(train_x, train_y, epoch, progress and rank == 0)
-            if guard and not guard.check(model, epoch, log):
+            if guard and not guard.check(model, epoch, log):  # the live weights: the training dynamics
                 elapsed += time.perf_counter() - t0  # the lost epoch was spent all the same: the card says so
                 restore(model, optimizer, snap)
+                if average and avg_snap:
+                    average.load(*avg_snap)
                 if len(gstate.rollbacks) > guard.config.max_rollbacks:
                     log(
                         f"guard: still collapsing after {guard.config.max_rollbacks} rollbacks; "
@@ -162,7 +183,8 @@ def fit(
                     )
                     break
                 continue  # the same epoch again, from the last good state, with the lower step
-            test_acc = accuracy(model, test_x, test_y) if len(test_x) else float("nan")
+            shipped = average.copy_to(copy.deepcopy(model)) if average else model
+            test_acc = accuracy(shipped, test_x, test_y) if len(test_x) else float("nan")
             seconds = time.perf_counter() - t0
             elapsed += seconds
             history.append(EpochStats(epoch + 1, stats[0], stats[1], test_acc, stats[2], seconds))
@@ -172,9 +194,10 @@ def fit(
                 "elapsed_s": elapsed,
                 "history": [dataclasses.asdict(h) for h in history],
                 "guard": gstate.to_dict(),
+                "average_updates": average.updates if average else 0,
             }
             if rank == 0:
-                save_checkpoint(ckpt, model, optimizer, header)
+                save_checkpoint(ckpt, model, optimizer, header, average.tensors() if average else None)
             barrier()
             robust = f"  guard robust {guard.last_robust:.4f}" if guard else ""
             log(
@@ -182,8 +205,17 @@ def fit(
                 f"test acc {test_acc:.4f}{robust}  ({seconds:.1f}s)"
             )
             epoch += 1
+    if average:
+        average.copy_to(model)
     model.eval()
     return TrainResult(model, history, elapsed, guard.record() if guard else None)
+
+
+def autocast(device: torch.device, precision: str) -> torch.autocast:
+    """Mixed precision for the training step: matmuls and convolutions in bfloat16 when asked, else a no-op."""
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise SquigglesError("--precision bf16: this GPU does not support bfloat16; use --precision fp32")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def _silent(message: str) -> None:
@@ -200,6 +232,11 @@ def _wrap_ddp(model: nn.Module, world: int) -> nn.Module:
     return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
 
+def _average_snapshot(average: WeightAverage | None) -> tuple[dict[str, torch.Tensor], int] | None:
+    """The weight average's state at the last good epoch, for the guard's rollback."""
+    return ({k: v.clone() for k, v in average.tensors().items()}, average.updates) if average else None
+
+
 def _method_options(config: TrainConfig, gstate: GuardState) -> dict[str, Any]:
     options = dict(config.method_options)
     if gstate.step_scale != 1.0:
@@ -214,14 +251,16 @@ def _maybe_resume(
     config: TrainConfig,
     resume: bool,
     log: Logger,
+    average: WeightAverage | None = None,
 ) -> tuple[list[EpochStats], int, float, GuardState]:
     if not resume:
         return [], 0, 0.0, GuardState()
     if not ckpt.exists():
         raise SquigglesError(f"--resume: no checkpoint at {ckpt}; run without --resume to start training")
-    header = load_checkpoint(ckpt, model, optimizer)
+    header = load_checkpoint(ckpt, model, optimizer, average)
     saved = header["config"]
-    diff = [k for k, v in config.to_dict().items() if saved.get(k) != v]
+    defaults = TrainConfig().to_dict()  # a field newer than the checkpoint means its default
+    diff = [k for k, v in config.to_dict().items() if saved.get(k, defaults[k]) != v]
     if diff:
         raise SquigglesError(
             f"--resume: the checkpoint was made with different settings ({', '.join(diff)}); "
@@ -249,6 +288,7 @@ class _EpochLoop:
     bounds: tuple[float, float]
     rank: int = 0
     world: int = 1
+    average: WeightAverage | None = None
 
     def run(self, x: torch.Tensor, y: torch.Tensor, epoch: int, progress: bool) -> tuple[float, float, float]:
         """Returns (mean loss, accuracy on the training batches, last lr), over all processes."""
@@ -285,11 +325,14 @@ class _EpochLoop:
                 attack_model=self.model if self.trained is not self.model else None,
             )
             self.trained.train()
-            with keep_layout():  # the optimizer and DDP's buckets hold the parameters' storage
+            # keep_layout: the optimizer and DDP's buckets hold the parameters' storage.
+            with keep_layout(), autocast(x.device, config.precision):
                 loss, logits = self.method(self.trained, xb, yb, ctx)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
+            if self.average:
+                self.average.update(self.model)
             loss_sum += loss.detach() * len(yb)
             correct += (logits.detach().argmax(1) == yb).sum()
             seen += len(yb)

@@ -12,13 +12,22 @@ import torch
 from torch import nn
 
 from squiggles._io import read_state, write_state
+from squiggles.train.averaging import WeightAverage
 
 CHECKPOINT = "checkpoint.safetensors"
 
 
-def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, header: dict[str, Any]) -> None:
-    """Atomically write model and optimiser tensors, the global RNG state and a JSON ``header``."""
+def save_checkpoint(
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    header: dict[str, Any],
+    extra: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """Atomically write model and optimiser tensors, the global RNG state, ``extra`` tensors (the weight
+    average) and a JSON ``header``."""
     tensors: dict[str, torch.Tensor] = {f"model/{k}": v for k, v in model.state_dict().items()}
+    tensors.update(extra or {})
     opt = optimizer.state_dict()
     scalars: dict[str, dict[str, Any]] = {}
     for idx, pstate in opt["state"].items():
@@ -32,8 +41,11 @@ def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     write_state(path, tensors, meta)
 
 
-def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """Restore model, optimiser and global RNG state from ``path``; return the JSON header."""
+def load_checkpoint(
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, average: WeightAverage | None = None
+) -> dict[str, Any]:
+    """Restore model, optimiser, global RNG state and (when given) the weight average from ``path``; return the
+    JSON header."""
     tensors, header = read_state(path, "checkpoint")
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
@@ -46,4 +58,7 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
         state.setdefault(int(idx), {}).update(extra)
     optimizer.load_state_dict({"state": state, "param_groups": header.pop("param_groups")})
     torch.set_rng_state(tensors["rng/torch"])
+    if average is not None:
+        average.load({k: v.to(device) for k, v in tensors.items() if k.startswith("average/")},
+                     int(header.get("average_updates", 0)))
     return header
