@@ -25,6 +25,12 @@ def _quiet(msg: str) -> None:
     pass
 
 
+def _stop_after_first_epoch(msg: str) -> None:
+    """A log that interrupts the run as epoch 1 ends, after its checkpoint is written."""
+    if msg.startswith("epoch 1/"):
+        raise KeyboardInterrupt
+
+
 def test_fit_learns_blobs_and_records_history(blobs, tmp_path):
     x, y = blobs
     result = fit(_net(), x, y, x, y, _config(), tmp_path, progress=False, log=_quiet)
@@ -48,13 +54,9 @@ def test_run_stopped_after_epoch_1_and_resumed_equals_uninterrupted(blobs, tmp_p
     x, y = blobs
     full = fit(_net(), x, y, x, y, _config(), tmp_path / "full", progress=False, log=_quiet).model
 
-    def stop_after_first_epoch(msg: str) -> None:
-        if msg.startswith("epoch 1/"):
-            raise KeyboardInterrupt
-
     rng_before = torch.get_rng_state()
     with pytest.raises(KeyboardInterrupt):
-        fit(_net(), x, y, x, y, _config(), tmp_path / "cut", progress=False, log=stop_after_first_epoch)
+        fit(_net(), x, y, x, y, _config(), tmp_path / "cut", progress=False, log=_stop_after_first_epoch)
     assert torch.equal(torch.get_rng_state(), rng_before), "training must not disturb the caller's RNG"
     messages: list[str] = []
     resumed = fit(_net(), x, y, x, y, _config(), tmp_path / "cut", resume=True, progress=False, log=messages.append)
@@ -126,12 +128,8 @@ def test_resume_accepts_a_checkpoint_older_than_a_new_setting(blobs, tmp_path):
 
     x, y = blobs
 
-    def stop_after_first_epoch(msg: str) -> None:
-        if msg.startswith("epoch 1/"):
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        fit(_net(), x, y, x, y, _config(), tmp_path, progress=False, log=stop_after_first_epoch)
+        fit(_net(), x, y, x, y, _config(), tmp_path, progress=False, log=_stop_after_first_epoch)
     tensors, header = read_state(tmp_path / CHECKPOINT, "checkpoint")
     del header["config"]["precision"]
     write_state(tmp_path / CHECKPOINT, tensors, header)
@@ -169,12 +167,8 @@ def test_ema_ships_the_average_and_resumes_exactly(blobs, tmp_path):
     # the shipped weights are the average, not the last iterate (which equals the plain run's)
     assert not torch.equal(full.model[0].weight, plain[0].weight)
 
-    def stop_after_first_epoch(msg: str) -> None:
-        if msg.startswith("epoch 1/"):
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        fit(_net(), x, y, x, y, _config(ema=0.9), tmp_path / "cut", progress=False, log=stop_after_first_epoch)
+        fit(_net(), x, y, x, y, _config(ema=0.9), tmp_path / "cut", progress=False, log=_stop_after_first_epoch)
     resumed = fit(_net(), x, y, x, y, _config(ema=0.9), tmp_path / "cut", resume=True, progress=False, log=_quiet)
     for p, q in zip(full.model.state_dict().values(), resumed.model.state_dict().values(), strict=True):
         assert torch.equal(p, q)

@@ -93,6 +93,9 @@ def test_cli_method_flags(tmp_path):
     assert read_card(tmp_path / "c").recipe["precision"] == "bf16"
     res = run_cli("train", "--dataset", "digits", "--precision", "fp16", "--out", str(tmp_path / "d"))
     assert res.returncode == 2 and "invalid choice: 'fp16'" in res.stderr
+    res = run_cli("train", "--dataset", "digits", "--method", "trades", "--ema", "1.5", "--out", str(tmp_path / "e"))
+    assert res.returncode == 2 and "weight-average decay must be 0 (off) or in (0, 1)" in res.stderr
+    assert not (tmp_path / "e").exists(), "a refused run leaves no folder behind"
 
 
 def test_training_attacks_keep_the_weights_layout(tmp_path):

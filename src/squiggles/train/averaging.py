@@ -1,7 +1,7 @@
 """An exponential moving average of the weights, kept beside the model during training and shipped at the end.
 
-Averaging the weights of the last few thousand steps finds a flatter point than the last iterate and raises
-robust accuracy for free: Gowal et al. 2020, "Uncovering the Limits of Adversarial Training against Norm-Bounded
+Averaging the weights of the last few thousand steps finds a flatter point than the last iterate and can raise
+robust accuracy at almost no cost: Gowal et al. 2020, "Uncovering the Limits of Adversarial Training against Norm-Bounded
 Adversarial Examples" (arXiv 2010.03593), section 4; Izmailov et al. 2018 (arXiv 1803.05407) for the idea.
 
 The decay ramps up as ``min(decay, (1 + t) / (10 + t))`` after ``t`` updates, so early averages are not
@@ -26,7 +26,7 @@ from squiggles.errors import SquigglesError
 
 
 class WeightAverage:
-    """Float32 shadow copies of every entry of a model's state dict, updated after each optimiser step."""
+    """Shadow copies of every entry of a model's state dict, updated after each optimiser step."""
 
     def __init__(self, model: nn.Module, decay: float) -> None:
         if not 0.0 < decay < 1.0:
@@ -57,8 +57,7 @@ class WeightAverage:
 
     def load(self, tensors: dict[str, Tensor], updates: int) -> None:
         """Restore from a checkpoint's ``average/`` tensors and update count."""
-        missing = [k for k in self.shadow if f"average/{k}" not in tensors]
-        if missing:
+        if any(f"average/{k}" not in tensors for k in self.shadow):
             raise SquigglesError(
                 "--resume: the checkpoint holds no weight average; resume with the settings it was made with"
             )

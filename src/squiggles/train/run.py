@@ -85,6 +85,7 @@ def train_model(
         >>> from squiggles.train import TrainConfig, train_model   # doctest: +SKIP
         >>> result, path = train_model(TrainConfig(arch="small-cnn", dataset="digits", epochs=2), "runs/digits")
     """
+    config.validate()  # before the folder is made: a refused run leaves nothing behind
     out = ensure_writable_dir(Path(out_dir))
     if not resume and not overwrite and ((out / WEIGHTS).exists() or (out / CHECKPOINT).exists()):
         raise SquigglesError(
