@@ -1,8 +1,9 @@
 """An exponential moving average of the weights, kept beside the model during training and shipped at the end.
 
 Averaging the weights of the last few thousand steps finds a flatter point than the last iterate and can raise
-robust accuracy at almost no cost: Gowal et al. 2020, "Uncovering the Limits of Adversarial Training against Norm-Bounded
-Adversarial Examples" (arXiv 2010.03593), section 4; Izmailov et al. 2018 (arXiv 1803.05407) for the idea.
+robust accuracy at almost no cost: Gowal et al. 2020, "Uncovering the Limits of Adversarial Training against
+Norm-Bounded Adversarial Examples" (arXiv 2010.03593), section 4; Izmailov et al. 2018 (arXiv 1803.05407) for
+the idea.
 
 The decay ramps up as ``min(decay, (1 + t) / (10 + t))`` after ``t`` updates, so early averages are not
 dominated by the random initial weights. Buffers that are not floating point (counters) are copied.

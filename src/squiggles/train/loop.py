@@ -146,6 +146,7 @@ def fit(
     """
     config.validate()
     device = next(model.parameters()).device
+    check_precision(device, config.precision)
     train_x, train_y = train_x.to(device), train_y.to(device)
     optimizer = make_optimizer(model, config)
     rank, world = rank_world()
@@ -211,10 +212,14 @@ def fit(
     return TrainResult(model, history, elapsed, guard.record() if guard else None)
 
 
-def autocast(device: torch.device, precision: str) -> torch.autocast:
-    """Mixed precision for the training step: matmuls and convolutions in bfloat16 when asked, else a no-op."""
+def check_precision(device: torch.device, precision: str) -> None:
+    """Refuse bfloat16 on a GPU without it, once, before training starts."""
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise SquigglesError("--precision bf16: this GPU does not support bfloat16; use --precision fp32")
+
+
+def autocast(device: torch.device, precision: str) -> torch.autocast:
+    """Mixed precision for the training step: matmuls and convolutions in bfloat16 when asked, else a no-op."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
