@@ -104,7 +104,6 @@ def test_users_own_model_and_tensors(tmp_path):
         (["train", "--epochs", "-2", "--out", "X"], "--epochs: must be a positive integer"),
         (["train", "--lr", "abc", "--out", "X"], "not a valid float"),
         (["train", "--dataset", "missing.npz", "--out", "X"], "missing.npz"),
-        (["train", "--dataset", "digits", "--out", "X", "--resume"], "no checkpoint"),
         (["train", "--dataset", "digits", "--model-arg", "oops", "--out", "X"], "KEY=VALUE"),
         (["data", "info", "cifar"], "cifar"),
     ],

@@ -51,6 +51,7 @@ def test_attack_writes_examples_summary_and_picture(digits_model, tmp_path):
     ):
         assert key in summary
     assert summary["n"] == 60 and summary["config"]["steps"] == 10
+    assert summary["warnings"] == [] and "not an evaluation" not in res.stderr  # it broke most points
     assert summary["clean_accuracy"] > 0.8
     assert summary["robust_accuracy"] < summary["clean_accuracy"]
     tensors = load_file(str(out / "adversarial.safetensors"))
@@ -110,3 +111,14 @@ def test_attack_bad_arguments(digits_model, tmp_path, extra, message):
 def test_attack_missing_model_folder(tmp_path):
     res = run_cli("attack", "--model", str(tmp_path / "none"), "--eps", "0.1", "--out", str(tmp_path / "o"))
     assert res.returncode == 2 and "no such folder" in res.stderr
+
+
+def test_one_gradient_attack_that_fails_says_it_is_not_an_evaluation(digits_model, tmp_path):
+    out = tmp_path / "weak"
+    res = run_cli("attack", "--model", str(digits_model), "--dataset", "digits", "--n", "40", "--attack", "pgd",
+                  "--eps", "0.01", "--steps", "2", "--out", str(out), "--quiet")
+    assert res.returncode == 0, res.stderr
+    assert "one gradient attack is not an evaluation" in res.stderr
+    assert f"squiggles evaluate --model {digits_model} --dataset digits --norm linf --eps 0.01" in res.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["robust_accuracy"] > 0.5 and "squiggles evaluate" in summary["warnings"][0]

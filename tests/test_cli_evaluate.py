@@ -11,8 +11,10 @@ import pytest
 
 from tests.conftest import run_cli
 
+# Without remedies: Square with four times the queries on these weak stages would triple the test's time (the
+# remedies have their own test below).
 ARGS = ["--dataset", "digits", "--points", "90", "--norm", "linf", "--attacks", "fgsm,pgd,square", "--batch-size", "30",
-        "--quiet"]
+        "--quiet", "--no-remedies"]
 
 
 def test_evaluate_writes_results_curve_and_table(digits_model, tmp_path):
@@ -27,6 +29,11 @@ def test_evaluate_writes_results_curve_and_table(digits_model, tmp_path):
     accs = [c["robust_accuracy"] for c in data["curve"]]
     assert accs == sorted(accs, reverse=True)
     assert [s["stage"] for s in data["breakdown"][0]["stages"]] == ["clean", "fgsm", "pgd", "square"]
+    assert data["remedies"] == [] and data["config"]["remedies"] is False
+    # Square broke points the white-box stages could not: the flag says at which budgets, worst first.
+    flag = next(f for f in data["flags"] if f["code"] == "black-box-stronger")
+    shares = [b["share"] for b in flag["budgets"]]
+    assert shares == sorted(shares, reverse=True) and f"at Linf {flag['budgets'][0]['eps']:g}," in flag["message"]
     assert (tmp_path / "eval.curve.png").exists()
     assert not list(tmp_path.glob("*.state*")), "the progress file is removed once the evaluation is complete"
     assert "robust accuracy" in res.stdout
@@ -61,3 +68,23 @@ def test_evaluate_bad_arguments(digits_model, tmp_path):
     res = run_cli("evaluate", "--model", str(digits_model), "--eps", "0.1", "--out", str(tmp_path / "x.json"), *ARGS,
                   "--attacks", "nope")
     assert res.returncode == 2 and "unknown attack" in res.stderr
+
+
+def test_a_softmax_model_is_evaluated_through_its_logits(tmp_path):
+    """The user's model ends in a saturated softmax: the headline is the remedied figure, never more than 5
+    points above the same network's logits."""
+    run = tmp_path / "run"
+    assert run_cli("train", "--model", "tests.user_model:make_net", "--dataset", "digits", "--epochs", "5", "--lr",
+                   "0.01", "--out", str(run), "--quiet").returncode == 0
+    common = ["--weights", str(run / "model.safetensors"), "--dataset", "digits", "--points", "60", "--eps", "0.1",
+              "--attacks", "apgd-ce", "--quiet"]
+    logits, probs = tmp_path / "logits.json", tmp_path / "probs.json"
+    res = run_cli("evaluate", "--model", "tests.user_model:make_net", *common, "--out", str(logits))
+    assert res.returncode == 0, res.stderr
+    res = run_cli("evaluate", "--model", "tests.user_model:make_softmax_net", *common, "--out", str(probs))
+    assert res.returncode == 0, res.stderr
+    a, b = json.loads(logits.read_text()), json.loads(probs.read_text())
+    assert [r["remedy"] for r in b["remedies"]] == ["logits"]
+    assert b["remedies"][0]["reason"] == ["probability-outputs"]
+    assert b["robust_accuracy"] <= a["robust_accuracy"] + 0.05 < b["unremedied_robust_accuracy"]
+    assert "REMEDY logits (for probability-outputs)" in res.stdout and "without remedies" in res.stdout

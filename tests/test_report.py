@@ -129,6 +129,17 @@ def test_evaluation_json_renders_numbers_stages_flags_card_and_curve(tmp_path):
     assert text.count("data:image/png;base64,") == 1
 
 
+def test_evaluation_with_remedies_shows_both_figures_and_the_reason(tmp_path):
+    remedy = {"remedy": "logits", "reason": ["probability-outputs"], "description": "the cascade on the logits",
+              "attacked_points": 990, "robust_accuracy_before": [0.99, 0.97], "robust_accuracy_after": [0.7535, 0.4],
+              "broke": [236, 570]}
+    write_json(tmp_path / "linf.json", evaluation(remedies=[remedy], unremedied_robust_accuracy=0.99, files=[]))
+    text = write_report(tmp_path).read_text()
+    for expected in ("Remedies applied by the evaluation", "probability-outputs", "99.00%, 97.00%",
+                     "75.35%, 40.00%", "robust accuracy before remedies"):
+        assert expected in text, expected
+
+
 def test_single_json_file_renders_beside_it(tmp_path):
     source = write_json(tmp_path / "eval" / "linf.json", evaluation(files=[]))
     write_png(tmp_path / "eval" / "linf.curve.png")

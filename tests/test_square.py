@@ -233,3 +233,56 @@ def test_replaying_the_queries_per_example_gives_the_counts_the_stops_and_the_re
             if m > best_m or out.argmax() != label:
                 best_x, best_m = cand, m
         assert torch.allclose(res.x_adv[i], best_x, atol=1e-6)
+
+
+class _BoundaryCounter(nn.Module):
+    """Class 1 beats class 0 by 0.001 in float32, always; in bfloat16 the two logits round to the same value, a
+    tie that argmax gives to class 0, so a bfloat16 pass claims a success float32 denies. Counts float32 calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 2)
+        with torch.no_grad():
+            self.linear.weight.fill_(1.0)
+            self.linear.bias.copy_(torch.tensor([0.0, 0.001]))
+        self.fp32_calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.fp32_calls += not torch.is_autocast_enabled("cpu")
+        return self.linear(x)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_bf16_search_has_the_same_contract_and_strength_on_a_real_model(norm):
+    model, x = _cnn(), _images(24)
+    y = model(x).argmax(1)
+    threat = THREATS[norm](EPS[norm] * 3)
+    full = square(model, x, y, threat, queries=200, seed=3)
+    low = square(model, x, y, threat, queries=200, seed=3, precision="bf16")
+    assert low.config["precision"] == "bf16" and low.backwards == 0
+    assert bool((low.norms <= threat.eps + 1e-6).all()) and bool(((low.x_adv >= 0) & (low.x_adv <= 1)).all())
+    # Every reported success is real in float32 (the final pass), and the search is not weaker than float32's
+    # by more than a point in eight here.
+    assert torch.equal(low.success, model(low.x_adv).argmax(1) != y)
+    assert low.success.sum() >= full.success.sum() - 3
+    # A success is re-checked at most once per example: at most one query beyond float32's bound.
+    assert int(low.queries.max()) <= 200 + 3
+
+
+def test_bf16_successes_that_are_only_rounding_are_not_counted():
+    model = _BoundaryCounter()
+    x, y = torch.full((6, 4), 0.75), torch.ones(6, dtype=torch.long)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert (model(x).argmax(1) == 0).all()  # bfloat16 alone would call every point broken
+    calls = model.fp32_calls
+    res = square(model, x, y, Linf(0.2), queries=30, seed=0, precision="bf16")
+    assert not res.success.any() and (res.pred == 1).all()  # float32 never sees class 0 win
+    # The clean pass, one re-check per point (after which it is searched in float32), and the final pass.
+    assert model.fp32_calls - calls >= 3
+    # ... and the search went on to the end of the budget instead of stopping at the false success.
+    assert int(res.queries.min()) >= 30 and int(res.queries.max()) <= 30 + 3
+
+
+def test_bad_precision_is_refused():
+    with pytest.raises(SquigglesError, match="precision must be 'fp32' or 'bf16'"):
+        square(_cnn(), _images(2), None, Linf(0.1), precision="fp16")

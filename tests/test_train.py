@@ -66,13 +66,24 @@ def test_run_stopped_after_epoch_1_and_resumed_equals_uninterrupted(blobs, tmp_p
         assert torch.equal(p, q)
 
 
-def test_resume_refuses_changed_settings_and_missing_checkpoint(blobs, tmp_path):
+def test_resume_refuses_changed_settings(blobs, tmp_path):
     x, y = blobs
     fit(_net(), x, y, x, y, _config(), tmp_path, progress=False, log=_quiet)
     with pytest.raises(SquigglesError, match="different settings.*lr"):
         fit(_net(), x, y, x, y, _config(lr=0.02), tmp_path, resume=True, progress=False, log=_quiet)
-    with pytest.raises(SquigglesError, match="no checkpoint"):
-        fit(_net(), x, y, x, y, _config(), tmp_path / "empty", resume=True, progress=False, log=_quiet)
+
+
+def test_resume_with_no_checkpoint_yet_starts_the_run_and_says_so(blobs, tmp_path):
+    """A run killed before its first checkpoint, rerun with --resume, is the uninterrupted run."""
+    x, y = blobs
+    full = fit(_net(), x, y, x, y, _config(), tmp_path / "full", progress=False, log=_quiet)
+    messages: list[str] = []
+    started = fit(_net(), x, y, x, y, _config(), tmp_path / "empty", resume=True, progress=False,
+                  log=messages.append)
+    assert "no checkpoint" in messages[0] and "starting the run from the beginning" in messages[0]
+    assert [h.epoch for h in started.history] == [h.epoch for h in full.history]
+    for p, q in zip(full.model.state_dict().values(), started.model.state_dict().values(), strict=True):
+        assert torch.equal(p, q)
 
 
 def test_sgd_and_step_schedule(blobs, tmp_path):

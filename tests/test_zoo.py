@@ -229,7 +229,19 @@ def test_card_command_reruns_the_same_recipe(shipped, tmp_path):
     argv = shlex.split(command)
     assert argv[:2] == ["squiggles", "train"]
     assert main([*argv[1:], "--quiet"]) == 0
-    assert read_card(tmp_path / "rerun").recipe == card.recipe
+    rerun = read_card(tmp_path / "rerun")
+    assert recipe_changes(card, rerun) == {}
+    assert {k: v for k, v in rerun.recipe.items() if k != "from_recipe"} == \
+        {k: v for k, v in card.recipe.items() if k != "from_recipe"}
+
+
+def test_card_command_spells_out_what_the_architectures_recipe_would_change():
+    # The zoo's L2 model was trained with Adam 1e-3: PGD's recipe would fill in 2e-3, so the command says 1e-3.
+    command = card_command(zoo_card("mnist-l2-2.0"))
+    assert "--lr 0.001" in command and "--warmup 0.3" in command
+    old_pgd = {"arch": "small-cnn", "recipe": {"arch": "small-cnn", "dataset": "mnist", "method": "pgd",
+                                                "method_options": {"eps": 0.3}, "epochs": 1, "lr": 0.002}}
+    assert "--warmup 0.0" in card_command(old_pgd) and "--lr" not in card_command(old_pgd)
 
 
 def test_compare_and_recipe_changes():

@@ -50,6 +50,8 @@ ATTACKS: dict[str, AttackSpec] = {s.name: s for s in [
                summary="Auto-PGD on the DLR loss"),
     AttackSpec("apgd-t", _A + "apgd:apgd_targeted", _ALL,
                summary="Auto-PGD, targeted DLR over the top-k other classes (untargeted in effect)"),
+    AttackSpec("fab-t", _A + "fab:fab_targeted", ("linf", "l2"),
+               summary="AutoAttack's FAB-T: targeted boundary attack over the top-k other classes (Croce & Hein 2020)"),
     AttackSpec("square", _A + "square:square", ("linf", "l2"), uses_grad=False, steps_option=None,
                summary="score-based black-box Square attack (Andriushchenko et al. 2020)"),
     AttackSpec("fmn", _A + "minimal:fmn", _ALL, kind="minimal",

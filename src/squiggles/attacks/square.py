@@ -57,9 +57,14 @@ def square(
     p_init: float = 0.8,
     loss: str | Loss = "margin",
     seed: Seed = 0,
+    precision: str = "fp32",
 ) -> AttackResult:
     """Square Attack in Linf or L2 with at most ``queries`` forward passes per example (plus the clean and
     the verifying one), window fraction ``p_init`` at the start, maximising ``loss``.
+
+    ``precision="bf16"``: the search's forward passes run under bfloat16 autocast (2-3x faster convolutions on
+    CPUs with AVX512-BF16 and on recent GPUs); a success they report is checked by a float32 pass before the
+    example leaves the search (one more query for it), and the final verification is float32 as always.
 
     ``loss`` is any `squiggles.losses` loss (larger = closer to the goal). The default margin is
     best-other minus label logit, or, with a `Targeted` goal, target minus best-other logit; ``"ce"``
@@ -79,8 +84,40 @@ def square(
         raise SquigglesError(
             f"p_init (the fraction of the image the first windows cover) must be in (0, 1], got {p_init}"
         )
+    if precision not in ("fp32", "bf16"):
+        raise SquigglesError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
     loss_fn = get_loss(loss)
     linf = isinstance(threat, Linf)
+    low = precision == "bf16"
+
+    def search_logits(oracle: Oracle, z: Tensor, idx: Tensor, exact: Tensor) -> Tensor:
+        """Logits for the search: bfloat16 where asked, float32 for the ``exact`` examples (near the boundary)."""
+        if not low:
+            return oracle.logits(z, idx)
+        if not exact.any():
+            with torch.autocast(z.device.type, dtype=torch.bfloat16):
+                return oracle.logits(z, idx).to(z.dtype)
+        near, rough = exact.nonzero().flatten(), (~exact).nonzero().flatten()
+        part = oracle.logits(z[near], idx[near])
+        out = part.new_empty(len(z), *part.shape[1:])
+        out[near] = part
+        if len(rough):
+            with torch.autocast(z.device.type, dtype=torch.bfloat16):
+                out[rough] = oracle.logits(z[rough], idx[rough]).to(z.dtype)
+        return out
+
+    def confirmed(oracle: Oracle, z: Tensor, idx: Tensor, goal: ResolvedGoal, done: Tensor,
+                  exact: Tensor) -> Tensor:
+        """``done`` with each bfloat16 success re-checked in float32; an example whose success was only a rounding
+        is near the boundary, so it is queried in float32 from then on (``exact``, updated in place)."""
+        check = done & ~exact
+        if not low or not check.any():
+            return done
+        hit = check.nonzero().flatten()
+        done = done.clone()
+        done[hit] = goal.subset(hit).success(oracle.logits(z[hit], idx[hit]))
+        exact[hit] = True
+        return done
 
     def core(oracle: Oracle, x: Tensor, goal: ResolvedGoal, threat: ThreatModel, gen: torch.Generator) -> Tensor:
         img = _as_image(x)
@@ -97,8 +134,10 @@ def square(
         # Linf windows only ever take the values clip(x - eps) or clip(x + eps): compute both once, already
         # inside ball and bounds, so no candidate needs projecting (run_attack's finalize projects anyway).
         ref = _lo_hi(xa, eps, sub) if linf else xa
-        logits = oracle.logits(cand.reshape(len(idx), *shape), idx)
-        cur_loss, done = loss_fn(logits, goal.labels, goal.targets).to(x.dtype), goal.success(logits)
+        exact = torch.zeros(len(idx), dtype=torch.bool, device=x.device)
+        logits = search_logits(oracle, cand.reshape(len(idx), *shape), idx, exact)
+        cur_loss = loss_fn(logits, goal.labels, goal.targets).to(x.dtype)
+        done = confirmed(oracle, cand.reshape(len(idx), *shape), idx, goal, goal.success(logits), exact)
         cur = cand.clone()  # updated in place below, so not the tensor the model was given
         lo, hi = threat.bounds
         tol = 16 * torch.finfo(x.dtype).eps * max(1.0, abs(lo), abs(hi))
@@ -111,6 +150,7 @@ def square(
                 if len(keep) == 0:
                     return best.reshape(x.shape)
                 idx, ref, cur, eps, cur_loss = idx[keep], ref[keep], cur[keep], eps[keep], cur_loss[keep]
+                exact = exact[keep]
                 goal = goal.subset(keep)
             p = _p_at(it, queries, p_init)
             if p != p_last:  # the window size (and the L2 pattern) only change at the schedule's halvings
@@ -119,8 +159,9 @@ def square(
                 cand, win, new, old = _linf_step(ref, cur, stage, tol, gen)
             else:
                 cand = _l2_step(ref, cur, eps, stage, threat, gen)
-            logits = oracle.logits(cand.reshape(len(idx), *shape), idx)
-            values, done = loss_fn(logits, goal.labels, goal.targets).to(x.dtype), goal.success(logits)
+            logits = search_logits(oracle, cand.reshape(len(idx), *shape), idx, exact)
+            values = loss_fn(logits, goal.labels, goal.targets).to(x.dtype)
+            done = confirmed(oracle, cand.reshape(len(idx), *shape), idx, goal, goal.success(logits), exact)
             take = (values > cur_loss) | done
             cur_loss = torch.where(take, values, cur_loss)
             if linf:  # the candidate differs from the current best only in the window
@@ -134,6 +175,7 @@ def square(
         "queries": queries,
         "p_init": p_init,
         "loss": loss if isinstance(loss, str) else getattr(loss, "__name__", "custom"),
+        "precision": precision,
     }
     return run_attack("square", core, model, x, y_or_goal, threat, seed, config)
 

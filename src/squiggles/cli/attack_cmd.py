@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -102,13 +103,31 @@ def run(args: argparse.Namespace) -> int:
     threat = make_threat(args.norm, eps, data.bounds)
     gen = torch.Generator(device=device).manual_seed(args.seed)
     result = _run_batches(spec, model, data, threat, kwargs, args, gen, device)
-    _write_outputs(out, result, data, model, args, card, spec.name)
+    warning = one_attack_warning(spec, result.summary(), args)
+    _write_outputs(out, result, data, model, args, card, spec.name, [warning] if warning else [])
     s = result.summary()
     print(
         f"{spec.name} {args.norm} eps={eps:g}: clean accuracy {s['clean_accuracy']:.4f}, robust accuracy "
         f"{s['robust_accuracy']:.4f}, success rate {s['success_rate']:.4f} on {s['n']} points -> {out}"
     )
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
+
+
+def one_attack_warning(spec: Any, summary: dict[str, Any], args: argparse.Namespace) -> str | None:
+    """A single gradient attack at a fixed budget that fails on most points proves nothing: masked gradients
+    fool every gradient attack alike (Athalye et al. 2018, arXiv 1802.00420). Say so, and name the evaluation."""
+    if spec.kind != "fixed" or not spec.uses_grad or summary["success_rate"] >= 0.5 or not summary["n"]:
+        return None
+    standing = 1 - summary["success_rate"]
+    model = args.model if " " not in args.model else repr(args.model)
+    command = (f"squiggles evaluate --model {model} --dataset {args.dataset} --norm {args.norm} "
+               f"--eps {args.eps:g} --attacks standard --out eval.json")
+    what = "reached its target on" if summary["targeted"] else "broke"
+    return (f"{spec.name} {what} only {100 * summary['success_rate']:.0f}% of the points it attacked, leaving "
+            f"{100 * standing:.0f}% standing; one gradient attack is not an evaluation (a model that masks its "
+            f"gradients fools every gradient attack alike). For a robust accuracy to trust, run: {command}")
 
 
 def _eps(args: argparse.Namespace, kind: str) -> float:
@@ -161,7 +180,8 @@ def _run_batches(
 
 
 def _write_outputs(
-    out: Path, result: Any, data: Any, model: Any, args: argparse.Namespace, card: dict[str, Any], name: str
+    out: Path, result: Any, data: Any, model: Any, args: argparse.Namespace, card: dict[str, Any], name: str,
+    warnings: list[str],
 ) -> None:
     from squiggles._io import versions, write_json, write_safetensors
     from squiggles.report.figures import attack_grid, confidence, is_image_batch
@@ -187,6 +207,7 @@ def _write_outputs(
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "versions": versions(),
         "files": ["adversarial.safetensors"],
+        "warnings": warnings,
     }
     if is_image_batch(data.x):
         k = 8

@@ -47,7 +47,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--batch-size", type=positive_int, default=500)
     p.add_argument("--state", help="progress file (default: OUT with .state.safetensors); rerun to resume")
-    p.add_argument("--no-checks", action="store_true", help="skip the sanity checks")
+    p.add_argument("--no-checks", action="store_true", help="skip the sanity checks (and so the remedies)")
+    p.add_argument(
+        "--no-remedies",
+        action="store_true",
+        help="report the cascade's figure only, without attacking again through the remedies a check calls for "
+        "(logits behind a softmax, EOT, straight-through gradients, more black-box queries)",
+    )
     p.add_argument("--out", required=True, help="results JSON file (a curve plot is written beside it)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing results file")
     add_common(p)
@@ -93,6 +99,7 @@ def _evaluate_and_write(args: argparse.Namespace, out: Path, rank: int | None) -
         seed=args.seed,
         state_path=state,
         checks=not args.no_checks,
+        remedies=not args.no_remedies,
         progress=not args.quiet and not rank,
         device=device,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -59,10 +60,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--attack-step-size", type=positive_float, help="attack step size (default 2.5 eps / steps)")
     p.add_argument("--beta", type=nonneg_float, help="trades: weight of the KL term (default 6)")
     p.add_argument("--warmup", type=nonneg_float, help="ramp eps up over this fraction of training")
-    p.add_argument("--epochs", type=positive_int, default=1)
-    p.add_argument("--batch-size", type=positive_int, default=128)
+    p.add_argument("--epochs", type=positive_int, help="default: the model's recipe (squiggles.train.recipes), else 1")
+    p.add_argument("--batch-size", type=positive_int, help="default: the model's recipe, else 128")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
-    p.add_argument("--lr", type=positive_float, default=1e-3, help="peak learning rate (default: 1e-3)")
+    p.add_argument("--lr", type=positive_float, help="peak learning rate (default: the model's recipe, else 1e-3)")
     p.add_argument("--momentum", type=nonneg_float, default=0.9, help="SGD momentum (default: 0.9)")
     p.add_argument("--weight-decay", type=nonneg_float, default=0.0)
     p.add_argument("--schedule", choices=SCHEDULES, default="onecycle")
@@ -117,6 +118,7 @@ def _train(args: argparse.Namespace) -> int:
     from squiggles.distributed import rank_device, rank_world
     from squiggles.train import TrainConfig, train_model
 
+    filled = _apply_recipe(args)
     method_options = _method_options(args)
     config = TrainConfig(
         arch=args.model,
@@ -136,6 +138,7 @@ def _train(args: argparse.Namespace) -> int:
         guard=_guard_config(args),
         precision=args.precision,
         ema=args.ema,
+        from_recipe=filled,
     )
     try:
         arch_kwargs = key_values(args.model_arg)
@@ -162,7 +165,21 @@ def _train(args: argparse.Namespace) -> int:
         f"test accuracy {result.test_acc:.4f} after {len(result.history)} epochs "
         f"({result.wall_time_s:.1f}s); saved to {out}"
     )
+    if args.quiet:  # the log said it already; a warning must reach a quiet run too
+        for warning in result.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
     return 0
+
+
+def _apply_recipe(args: argparse.Namespace) -> list[str]:
+    """Fill the settings the user left out from the model's recipe; say which, so nothing is a surprise."""
+    from squiggles.train.recipes import fill
+
+    keys = ("epochs", "batch_size", "lr", "warmup")
+    values, filled = fill(args.model, args.method, {k: getattr(args, k) for k in keys})
+    for key in keys:
+        setattr(args, key, values[key])
+    return filled  # train_model says which, once the data has loaded
 
 
 def _guard_config(args: argparse.Namespace) -> Any:

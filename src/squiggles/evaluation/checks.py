@@ -8,19 +8,26 @@ at a small sample of points or at numbers the cascade already produced.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from squiggles.evaluation.cascade import REUSED
 from squiggles.evaluation.result import EvalResult
 from squiggles.threat import ThreatModel
 
-Flag = dict[str, str]
+Flag = dict[str, Any]
 SAMPLE = 100
 
 
-def flag(code: str, message: str, advice: str) -> Flag:
-    return {"code": code, "message": message, "advice": advice}
+def flag(code: str, message: str, advice: str, severity: float = 1.0, **details: Any) -> Flag:
+    """A raised check. ``severity``: the share of points it concerns (0 to 1), so the worst is listed first."""
+    return {"code": code, "message": message, "advice": advice, "severity": round(float(severity), 4), **details}
+
+
+def worst_first(flags: list[Flag]) -> list[Flag]:
+    return sorted(flags, key=lambda f: -float(f.get("severity", 1.0)))
 
 
 def run_checks(
@@ -50,7 +57,7 @@ def run_checks(
         flags.append(check_large_eps(model, xs, ys, threat, seed))
     flags.append(check_curve_flat(result))
     flags.append(check_black_box(result))
-    return [f for f in flags if f is not None]
+    return worst_first([f for f in flags if f is not None])
 
 
 def _forward(model: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
@@ -70,7 +77,8 @@ def check_probabilities(logits: Tensor) -> Flag | None:
             "the model's outputs are probabilities (rows in [0, 1] summing to 1), "
             "not logits; a saturated softmax hides gradients",
             "remove the final softmax so the model returns logits "
-            "(squiggles.evaluation.remedies.logits_from_probabilities), then evaluate again",
+            "(squiggles.evaluation.remedies.logits_from_probabilities); evaluate attacks the logits by itself "
+            "and reports the lower figure",
         )
     return None
 
@@ -84,7 +92,9 @@ def check_randomness(model: Callable[[Tensor], Tensor], x: Tensor, logits: Tenso
             f"two forward passes on the same inputs differ ({100 * frac:.0f}% of labels "
             "changed): the model is randomised, so one lucky pass can make a point look robust",
             "evaluate the expectation over transformation "
-            "(squiggles.evaluation.remedies.expectation_over_transformation(model, samples=16))",
+            "(squiggles.evaluation.remedies.expectation_over_transformation(model, samples=16)); evaluate "
+            "runs it by itself and reports the lower figure",
+            severity=max(frac, 0.5),
         )
     return None
 
@@ -108,6 +118,7 @@ def check_gradients(model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor) -> 
             "classified points: gradient attacks have nothing to follow (gradient masking)",
             "replace non-differentiable steps by a straight-through estimate (BPDA, "
             "squiggles.evaluation.remedies.straight_through) and rely on the black-box stage (Square)",
+            severity=frac,
         )
     return None
 
@@ -120,6 +131,7 @@ def check_disagreement(result: EvalResult) -> Flag | None:
             f"the final forward pass disagreed with the attacks' own verdict on {bad} "
             "point(s); they are counted as not robust",
             "make the model deterministic (eval mode, no dropout or random transforms at test time)",
+            severity=bad / max(1, result.n * len(result.eps)),
         )
     return None
 
@@ -136,6 +148,7 @@ def check_eps_zero(
             f"at eps = 0 accuracy is {100 * res.robust_accuracy:.1f}% on points classified "
             "correctly a moment before: the model is not a fixed function of its input",
             "check for randomness, train-mode layers, or inputs outside the bounds",
+            severity=1 - res.robust_accuracy,
         )
     return None
 
@@ -155,6 +168,7 @@ def check_large_eps(
             f"with eps = {big:g}, enough to reach any input, {100 * res.robust_accuracy:.0f}% of "
             "points stay correct: the attack is not working on this model",
             "look for gradient masking (quantisation, saturated outputs, non-differentiable layers)",
+            severity=res.robust_accuracy,
         )
     return None
 
@@ -175,15 +189,35 @@ def check_curve_flat(result: EvalResult) -> Flag | None:
 
 
 def check_black_box(result: EvalResult) -> Flag | None:
+    """Square breaking points the gradient attacks left standing, at every budget where it did, worst first."""
+    rows = []
     for k, eps in enumerate(result.eps):
+        codes = result.broken_by[k]
         for si, stage in enumerate(result.stages):
-            earlier_white = any(s["attack"] != "square" for s in result.stages[:si])
-            broken = int((result.broken_by[k] == si).sum())
-            if stage["attack"] == "square" and earlier_white and broken:
-                return flag(
-                    "black-box-stronger",
-                    f"at eps {eps:g} the black-box Square attack broke {broken} point(s) "
-                    "that the white-box attacks could not: a sign of gradient masking",
-                    "trust the cascade's number (it includes Square); investigate the model's gradients",
-                )
-    return None
+            earlier_white = [j for j, s in enumerate(result.stages[:si]) if s["attack"] != "square"]
+            if stage["attack"] != "square" or not earlier_white:
+                continue
+            broken = int((codes == si).sum())
+            # Standing after the gradient attacks: not broken before this stage (nor at a smaller budget).
+            standing = int((result.clean_correct & (codes != REUSED) & ~_broken_before(codes, si)).sum())
+            if broken:
+                rows.append({"eps": eps, "stage": stage["name"], "broken": broken, "standing": standing,
+                             "share": round(broken / max(standing, 1), 4)})
+    if not rows:
+        return None
+    rows.sort(key=lambda r: (-r["share"], -r["broken"]))
+    norm = result.threat.get("norm", "").upper().replace("LINF", "Linf")
+    parts = [f"at {norm} {r['eps']:g}, {r['stage']} broke {r['broken']} of {r['standing']} points that the "
+             f"gradient attacks left standing ({100 * r['share']:.0f}%)" for r in rows]
+    return flag(
+        "black-box-stronger",
+        "; ".join(parts) + ": gradients are masked where the share is large",
+        "trust the cascade's number (it includes Square); where the share is 5% or more, evaluate also runs "
+        "FAB-T and Square with four times the queries and reports the lower figure; investigate the gradients",
+        severity=rows[0]["share"],
+        budgets=rows,
+    )
+
+
+def _broken_before(codes: Tensor, si: int) -> Tensor:
+    return (codes >= 0) & (codes < si)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -38,14 +39,17 @@ def evaluate(
     model: Model, data: Any, threat: ThreatModel, attacks: str | Sequence[str] | tuple[Stage, ...] = "standard", *,
     eps: float | Sequence[float] | None = None, n: int | None = None, batch_size: int = 500, seed: int = 0,
     reuse_minimal: bool | None = None, state_path: str | Path | None = None, checks: bool = True,
-    keep_adv: bool = True, progress: bool = True, device: str | torch.device | None = None,
+    keep_adv: bool = True, progress: bool = True, device: str | torch.device | None = None, remedies: bool = True,
 ) -> EvalResult:
     """Robust accuracy of ``model`` on ``data`` under ``threat`` by the attack cascade ``attacks``.
 
     ``eps``: one budget or a list (an accuracy-versus-eps curve in one call; a point broken at a smaller budget
     is broken at every larger one, and with ``reuse_minimal`` a minimal-norm pre-pass (FMN) settles every budget
     above each point's minimal norm without attacking it again). ``state_path``: a file to save progress in
-    after every chunk; an interrupted call with the same arguments continues from it.
+    after every chunk; an interrupted call with the same arguments continues from it. ``remedies``: when a
+    sanity check fires for a cause with a known remedy (probability outputs, randomness, masked gradients), the
+    points still robust are attacked again through it and the headline is the worst case of both
+    (`squiggles.evaluation.remedied`); the figures before the remedies stay in the result.
 
     Example:
         >>> import squiggles                                            # doctest: +SKIP
@@ -65,13 +69,17 @@ def evaluate(
     x = check_inputs(x, threat)
     reuse = _reuse_minimal(reuse_minimal, budgets, threat)
     config = {"attacks": [s.describe() for s in stages], "eps": budgets, "n": len(x), "batch_size": batch_size,
-              "seed": seed, "reuse_minimal": reuse, "threat": threat.describe()}
+              "seed": seed, "reuse_minimal": reuse, "threat": threat.describe(),
+              "remedies": bool(checks and remedies)}
     fingerprint = _fingerprint(config, x, y)
     rank, world = rank_world()
     chunks = list(range(0, len(x), batch_size))
     st = state_io.load_or_new(state_path, rank, fingerprint, len(x), len(budgets), len(stages), len(chunks),
                               x.shape[1:], x.dtype, keep_adv)
     mine = [c for c in range(len(chunks)) if c % world == rank and not st.done[c]]
+    done = int(st.done.sum())
+    if progress and done and rank == 0:
+        tqdm.write(f"resuming from {state_path}: {done} of {len(chunks)} chunks already done", file=sys.stderr)
     # Every pass of the evaluation, the final verification included, runs in the one (faster) weight layout.
     with fast_layout(model, x):
         bar = tqdm(mine, desc="evaluate", unit="chunk", disable=not progress)
@@ -91,8 +99,26 @@ def evaluate(
             from squiggles.evaluation.checks import run_checks
 
             result.flags = run_checks(model, x, y, threat, result, dev, seed)
+    if checks and remedies:
+        _remedy(model, x, y, threat, budgets, stages, result, dev, seed, batch_size, keep_adv, progress)
     result.wall_time_s = time.perf_counter() - start
     return result
+
+
+def _remedy(
+    model: Model, x: Tensor, y: Tensor, threat: ThreatModel, budgets: list[float], stages: tuple[Stage, ...],
+    result: EvalResult, dev: torch.device, seed: int, batch_size: int, keep_adv: bool, progress: bool,
+) -> None:
+    from squiggles.evaluation.remedied import apply_remedies, plan_remedies
+
+    plans = plan_remedies(model, result.flags, stages, x[: min(len(x), 16)].to(dev), threat.name)
+
+    def run(remedied: Model, xs: Tensor, ys: Tensor, remedy_stages: tuple[Stage, ...]) -> EvalResult:
+        return evaluate(remedied, (xs, ys), threat, remedy_stages, eps=budgets, batch_size=batch_size,
+                        seed=seed + 1, reuse_minimal=False, checks=False, keep_adv=keep_adv, progress=progress,
+                        device=dev, remedies=False)
+
+    apply_remedies(result, x, y, plans, run)
 
 
 def _run_chunk(

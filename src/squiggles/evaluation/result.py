@@ -35,7 +35,11 @@ class EvalResult:
     stage_stats: list[list[dict[str, Any]]]
     disagreements: list[int]
     prepass_stats: dict[str, Any] | None = None
-    flags: list[dict[str, str]] = field(default_factory=list)
+    flags: list[dict[str, Any]] = field(default_factory=list)
+    # Remedies the evaluation applied by itself (squiggles.evaluation.remedied), and the robust accuracy at each
+    # budget before them (None when none was applied): the headline is the per-point worst case of both.
+    remedies: list[dict[str, Any]] = field(default_factory=list)
+    unremedied: list[float] | None = None
     config: dict[str, Any] = field(default_factory=dict)
     wall_time_s: float = 0.0
     seed: int = 0
@@ -53,6 +57,11 @@ class EvalResult:
     def robust_accuracy(self) -> float:
         """At the first (or only) budget."""
         return self.robust[0].float().mean().item()
+
+    @property
+    def unremedied_robust_accuracy(self) -> float:
+        """At the first budget, before the remedies (the headline itself when none was applied)."""
+        return self.unremedied[0] if self.unremedied else self.robust_accuracy
 
     def accuracy_at(self, k: int) -> float:
         return self.robust[k].float().mean().item()
@@ -84,6 +93,11 @@ class EvalResult:
             "clean_accuracy": self.clean_accuracy,
             "robust_accuracy": self.robust_accuracy,
             "curve": self.curve(),
+            "unremedied_robust_accuracy": self.unremedied_robust_accuracy,
+            "unremedied_curve": ([{"eps": e, "robust_accuracy": a} for e, a in zip(self.eps, self.unremedied,
+                                                                                   strict=True)]
+                                 if self.unremedied else None),
+            "remedies": self.remedies,
             "breakdown": [{"eps": e, "stages": self.breakdown(k)} for k, e in enumerate(self.eps)],
             "attacks": self.stages,
             "minimal_norm_prepass": self.prepass_stats,
@@ -110,9 +124,16 @@ class EvalResult:
             for row in self.breakdown(k)[1:]:
                 lines.append(f"  after {row['stage']:<10s} {100 * row['accuracy']:6.2f}%   broke {row['broken']:5d}"
                              f"   {row['forwards']:>10d} fwd {row['backwards']:>10d} bwd  {row['seconds']:8.1f}s")
-            lines.append(f"  robust accuracy {100 * self.accuracy_at(k):.2f}%")
+            without = (f" (without remedies {100 * self.unremedied[k]:.2f}%)"
+                       if self.unremedied and self.unremedied[k] != self.accuracy_at(k) else "")
+            lines.append(f"  robust accuracy {100 * self.accuracy_at(k):.2f}%{without}")
         for flag in self.flags:
             lines.append(f"FLAG {flag['code']}: {flag['message']}")
+        for r in self.remedies:
+            after = ", ".join(f"{100 * a:.2f}%" for a in r["robust_accuracy_after"])
+            before = ", ".join(f"{100 * b:.2f}%" for b in r["robust_accuracy_before"])
+            lines.append(f"REMEDY {r['remedy']} (for {', '.join(r['reason'])}): {r['description']}; robust "
+                         f"accuracy {before} -> {after}")
         return "\n".join(lines)
 
 

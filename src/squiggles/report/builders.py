@@ -142,6 +142,11 @@ def evaluation_sections(data: dict[str, Any], folder: Path) -> list[Section]:
     curve = [[c.get("eps"), c.get("robust_accuracy")] for c in data.get("curve") or []]
     if curve:
         section.tables.append(Table(["eps", "robust accuracy"], curve, "Robust accuracy by budget"))
+    remedies = _remedies_table(data.get("remedies"))
+    if remedies:
+        section.paragraphs.append("A check fired for a cause with a known remedy, so the evaluation attacked the "
+                                  "points still robust again through it; the headline is the lower figure.")
+        section.tables.append(remedies)
     for block in data.get("breakdown") or []:
         table = stage_table(block.get("stages") or [])
         table.caption = f"Accuracy after each stage at eps = {_g(block.get('eps'))}"
@@ -150,6 +155,22 @@ def evaluation_sections(data: dict[str, Any], folder: Path) -> list[Section]:
     section.paragraphs += notes
     section.cards = _cards(data.get("model_card"))
     return [section]
+
+
+def _remedies_table(remedies: Any) -> Table | None:
+    rows = [[r.get("remedy"), ", ".join(r.get("reason") or []), r.get("description"),
+             _joined(r.get("robust_accuracy_before")), _joined(r.get("robust_accuracy_after"))]
+            for r in remedies or [] if isinstance(r, dict)]
+    if not rows:
+        return None
+    return Table(["remedy", "for", "what it ran", "robust accuracy before", "after"], rows,
+                 "Remedies applied by the evaluation")
+
+
+def _joined(values: Any) -> str:
+    if not isinstance(values, list):
+        return str(values)
+    return ", ".join(f"{100 * v:.2f}%" if isinstance(v, int | float) else str(v) for v in values)
 
 
 def _eval_headline(data: dict[str, Any]) -> dict[str, Any]:
@@ -166,6 +187,8 @@ def _eval_headline(data: dict[str, Any]) -> dict[str, Any]:
         "attacks": attacks,
         "clean_accuracy": data.get("clean_accuracy"),
         "robust_accuracy": data.get("robust_accuracy"),
+        "robust accuracy before remedies": (data.get("unremedied_robust_accuracy")
+                                            if data.get("remedies") else None),
         "model forwards": calls.get("forwards"),
         "model backwards": calls.get("backwards"),
         "wall_time_s": data.get("wall_time_s"),

@@ -58,6 +58,8 @@ class TrainConfig:
     # Decay of an exponential moving average of the weights (0: off); the average is the model evaluated each
     # epoch and shipped (squiggles.train.averaging).
     ema: float = 0.0
+    # The settings the architecture's recipe filled in because the user left them out (squiggles.train.recipes).
+    from_recipe: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
         """Refuse nonsense early, with the name of the field and the fix."""
@@ -106,6 +108,7 @@ class TrainResult:
     history: list[EpochStats]
     wall_time_s: float
     guard: dict[str, Any] | None = None  # the guard's checks and rollbacks, when it ran
+    warnings: list[str] = field(default_factory=list)  # the end-of-run verdict (squiggles.train.verdict)
 
     @property
     def test_acc(self) -> float:
@@ -261,7 +264,10 @@ def _maybe_resume(
     if not resume:
         return [], 0, 0.0, GuardState()
     if not ckpt.exists():
-        raise SquigglesError(f"--resume: no checkpoint at {ckpt}; run without --resume to start training")
+        # Killed before its first checkpoint: there is nothing to continue, so a script that always passes
+        # --resume after a crash simply starts the run.
+        log(f"--resume: no checkpoint at {ckpt} yet; starting the run from the beginning")
+        return [], 0, 0.0, GuardState()
     header = load_checkpoint(ckpt, model, optimizer, average)
     saved = header["config"]
     defaults = TrainConfig().to_dict()  # a field newer than the checkpoint means its default

@@ -20,6 +20,7 @@ from squiggles.runtime import resolve_device
 from squiggles.train.loop import Logger, TrainConfig, TrainResult, fit
 from squiggles.train.methods import method_defaults
 from squiggles.train.state import CHECKPOINT
+from squiggles.train.verdict import verdict
 
 
 def load_training_data(
@@ -93,6 +94,8 @@ def train_model(
             "--overwrite to replace it, or another --out folder"
         )
     train, test = load_training_data(config.dataset, test_dataset, data_dir, progress)
+    if config.from_recipe:
+        log(_recipe_line(config))
     model, kwargs = build_seeded(config.arch, train, config.seed, arch_kwargs, init_weights)
     model.to(resolve_device(device))
     full_test = test
@@ -121,6 +124,10 @@ def train_model(
     ensemble = _final_ensemble(final_eval, config)
     if ensemble:
         metrics.update(robust_metrics(model, full_test, config, ensemble, final_eval_n, train.bounds, progress, log))
+    metrics["warnings"] = verdict(metrics, config.method)
+    for warning in metrics["warnings"]:
+        log(f"warning: {warning}")
+    result.warnings = metrics["warnings"]
     card = ModelCard(
         arch=config.arch,
         arch_kwargs=kwargs,
@@ -136,6 +143,12 @@ def train_model(
         save_model(model.cpu(), out, card, overwrite=True)
     barrier()
     return result, out
+
+
+def _recipe_line(config: TrainConfig) -> str:
+    values = {**config.to_dict(), **config.method_options}
+    shown = ", ".join(f"{k.replace('_', ' ')} {values[k]:g}" for k in config.from_recipe if k in values)
+    return f"recipe for {config.arch} ({config.method}): {shown} (squiggles.train.recipes; flags you give win)"
 
 
 def _final_ensemble(final_eval: str | None, config: TrainConfig) -> str | None:

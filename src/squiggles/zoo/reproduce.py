@@ -69,7 +69,10 @@ def compare(shipped: ModelCard | dict[str, Any], new: ModelCard | dict[str, Any]
 def recipe_changes(shipped: ModelCard | dict[str, Any], new: ModelCard | dict[str, Any]) -> dict[str, tuple]:
     """Recipe fields that differ between two cards, as ``field -> (shipped, new)``: why figures may not match."""
     a, b = _card(shipped).recipe, _card(new).recipe
-    return {k: (a.get(k), b.get(k)) for k in dict.fromkeys([*a, *b]) if a.get(k) != b.get(k)}
+    # Which settings came from the architecture's recipe rather than a flag is how a value was given, not what
+    # it was.
+    keys = [k for k in dict.fromkeys([*a, *b]) if k != "from_recipe"]
+    return {k: (a.get(k), b.get(k)) for k in keys if a.get(k) != b.get(k)}
 
 
 def card_command(card: ModelCard | dict[str, Any], out: str = "DIR") -> str:
@@ -80,14 +83,22 @@ def card_command(card: ModelCard | dict[str, Any], out: str = "DIR") -> str:
         'squiggles train --model mlp --dataset digits --epochs 3 --out DIR'
     """
     from squiggles.train import TrainConfig
+    from squiggles.train.recipes import TRAINER_KEYS, recipe_for
 
     card = _card(card)
     recipe = {"arch": card.arch, "dataset": card.dataset, **card.recipe}
-    defaults = TrainConfig().to_dict()
+    # What `squiggles train` fills in for a flag left out is the architecture's recipe, not TrainConfig's default:
+    # a setting is left out only where the two agree.
+    filled = recipe_for(card.arch, str(recipe.get("method", "standard")))
+    defaults = {**TrainConfig().to_dict(), **{k: filled[k] for k in TRAINER_KEYS}}
     args = ["--model", str(recipe.pop("arch")), *_model_args(card.arch_kwargs), "--dataset", str(recipe.pop("dataset"))]
     for key, value in recipe.items():
         if key == "method_options":
-            args += _method_flags(value)
+            # A recipe that ramps eps in by default must be told when the card did not.
+            options = value if "warmup" not in filled or "warmup" in value else {**value, "warmup": 0.0}
+            args += _method_flags(options)
+        elif key == "from_recipe":
+            continue
         elif key == "guard":
             args += _guard_flags(value)
         elif key not in defaults:
