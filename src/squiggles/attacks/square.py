@@ -110,8 +110,10 @@ def square(
                   exact: Tensor) -> Tensor:
         """``done`` with each bfloat16 success re-checked in float32; an example whose success was only a rounding
         is near the boundary, so it is queried in float32 from then on (``exact``, updated in place)."""
+        if not low:  # float32 search: nothing to re-check, no work on the hot path
+            return done
         check = done & ~exact
-        if not low or not check.any():
+        if not check.any():
             return done
         hit = check.nonzero().flatten()
         done = done.clone()
@@ -150,7 +152,7 @@ def square(
                 if len(keep) == 0:
                     return best.reshape(x.shape)
                 idx, ref, cur, eps, cur_loss = idx[keep], ref[keep], cur[keep], eps[keep], cur_loss[keep]
-                exact = exact[keep]
+                exact = exact[keep] if low else exact
                 goal = goal.subset(keep)
             p = _p_at(it, queries, p_init)
             if p != p_last:  # the window size (and the L2 pattern) only change at the schedule's halvings

@@ -122,7 +122,8 @@ def one_attack_warning(spec: Any, summary: dict[str, Any], args: argparse.Namesp
         return None
     standing = 1 - summary["success_rate"]
     model = args.model if " " not in args.model else repr(args.model)
-    command = (f"squiggles evaluate --model {model} --dataset {args.dataset} --norm {args.norm} "
+    weights = f" --weights {args.weights}" if getattr(args, "weights", None) else ""  # a user's own factory
+    command = (f"squiggles evaluate --model {model}{weights} --dataset {args.dataset} --norm {args.norm} "
                f"--eps {args.eps:g} --attacks standard --out eval.json")
     what = "reached its target on" if summary["targeted"] else "broke"
     return (f"{spec.name} {what} only {100 * summary['success_rate']:.0f}% of the points it attacked, leaving "
