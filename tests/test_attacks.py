@@ -12,7 +12,8 @@ from squiggles.attacks.registry import ATTACKS
 from squiggles.threat import L2, Linf, make_threat
 
 # Small budgets so the suite stays fast; properties do not depend on them.
-FAST = {"square": {"queries": 200}, "cw": {"steps": 30, "binary_steps": 3}}
+FAST = {"square": {"queries": 200}, "cw": {"steps": 30, "binary_steps": 3}, "hsja": {"queries": 300},
+        "boundary": {"queries": 300}, "rays": {"queries": 300}}
 CASES = [(name, norm) for name, spec in ATTACKS.items() for norm in ("linf", "l2") if norm in spec.norms]
 
 

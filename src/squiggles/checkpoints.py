@@ -120,9 +120,16 @@ def load_model(directory: str | Path, device: str | torch.device | None = None) 
     return model.to(device) if device is not None else model
 
 
-def load_user_model(ref: str, weights: str | Path | None, **kwargs: Any) -> nn.Module:
-    """A user's own ``package.module:factory`` with optional safetensors weights, in eval mode."""
-    model = build_model(ref, **kwargs)
+def load_user_model(ref: str, weights: str | Path | None, *, any_callable: bool = False, **kwargs: Any) -> nn.Module:
+    """A user's own ``package.module:factory`` with optional safetensors weights, in eval mode.
+
+    ``any_callable``: the factory may return any callable (a label-only model); it is returned as it is."""
+    model = build_model(ref, any_callable=any_callable, **kwargs)
+    if not isinstance(model, nn.Module):
+        if weights is not None:
+            raise ModelError(f"--weights: {ref} returned a {type(model).__name__}, not an nn.Module, so there is "
+                             "nothing to load weights into; load them inside your factory")
+        return model
     if weights is not None:
         load_weights(model, weights)
     return model.eval()

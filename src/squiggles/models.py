@@ -188,11 +188,13 @@ def import_factory(ref: str) -> Callable[..., nn.Module]:
     return obj
 
 
-def build_model(arch: str, in_shape: Shape | None = None, num_classes: int | None = None, **kwargs: Any) -> nn.Module:
+def build_model(arch: str, in_shape: Shape | None = None, num_classes: int | None = None, *,
+                any_callable: bool = False, **kwargs: Any) -> nn.Module:
     """Build a registry architecture by name, or a user's ``package.module:factory``.
 
     Registry factories get ``in_shape`` (default ``(1, 28, 28)``) and ``num_classes`` (default 10); a user's
-    factory gets them only when they are given, plus ``kwargs``.
+    factory gets them only when they are given, plus ``kwargs``. ``any_callable``: a user's factory may return
+    any callable (a label-only endpoint wrapper), not only an ``nn.Module``.
     """
     if is_import_path(arch):
         given = {k: v for k, v in (("in_shape", in_shape), ("num_classes", num_classes)) if v is not None}
@@ -205,6 +207,9 @@ def build_model(arch: str, in_shape: Shape | None = None, num_classes: int | Non
         model = MODELS[arch](in_shape=shape, num_classes=num_classes or 10, **kwargs)
     else:
         raise ModelError(f"unknown model {arch!r}; choose one of: {', '.join(MODELS)} (or 'package.module:factory')")
+    if any_callable and callable(model):
+        return model
     if not isinstance(model, nn.Module):
-        raise ModelError(f"{arch!r} returned {type(model).__name__}, not a torch.nn.Module")
+        hint = " (a label-only model that is any callable needs --access labels)" if callable(model) else ""
+        raise ModelError(f"{arch!r} returned {type(model).__name__}, not a torch.nn.Module{hint}")
     return model

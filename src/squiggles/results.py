@@ -6,6 +6,7 @@ exactly ``x_adv``, so the two can never disagree.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +34,10 @@ class AttackResult:
     targets: Tensor | None = None
     labels_source: str = "given"
     wall_time_s: float = 0.0
+    # Decision-based attacks: the query counts of a norm-versus-queries trace, and per example the smallest
+    # adversarial norm found within each (inf before the first).
+    curve_queries: list[int] | None = None
+    curve_norms: Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.success)
@@ -54,6 +59,16 @@ class AttackResult:
     def clean_accuracy(self) -> float:
         return self.clean_correct.float().mean().item() if len(self) else float("nan")
 
+    def norm_curve(self) -> dict[str, list[Any]] | None:
+        """Median adversarial norm over the clean-correct points (inf while fewer than half have one) at each
+        query count of the trace; ``None`` for attacks that keep no trace."""
+        if self.curve_norms is None or self.curve_queries is None:
+            return None
+        keep = self.clean_correct if self.targets is None else torch.ones_like(self.clean_correct)
+        norms = self.curve_norms[keep]
+        medians = [_median(norms[:, j]) for j in range(norms.shape[1])] if len(norms) else []
+        return {"queries": list(self.curve_queries), "median_norm": medians}
+
     def summary(self) -> dict[str, Any]:
         """The JSON-ready headline numbers: rates, norms of the successful examples, cost and settings."""
         ok = self.norms[self.success & self.clean_correct] if self.targets is None else self.norms[self.success]
@@ -70,10 +85,12 @@ class AttackResult:
             "forwards": self.forwards,
             "backwards": self.backwards,
             "mean_queries": self.queries.float().mean().item() if len(self) else None,
+            "max_queries": int(self.queries.max()) if len(self) else None,
             "wall_time_s": round(self.wall_time_s, 4),
             "threat": self.threat,
             "seed": self.seed,
             "config": self.config,
+            **({"norm_curve": self.norm_curve()} if self.curve_norms is not None else {}),
         }
 
     @staticmethod
@@ -103,7 +120,15 @@ class AttackResult:
             targets=join("targets") if first.targets is not None else None,
             labels_source=first.labels_source,
             wall_time_s=sum(p.wall_time_s for p in parts),
+            curve_queries=first.curve_queries,
+            curve_norms=join("curve_norms") if first.curve_norms is not None else None,
         )
+
+
+def _median(values: Tensor) -> float | None:
+    """The lower median (inf counts as large); ``None`` (JSON null) when it is infinite."""
+    m = values.sort().values[(len(values) - 1) // 2].item()
+    return m if math.isfinite(m) else None
 
 
 def _joined_threat(parts: list[AttackResult]) -> dict[str, Any]:

@@ -18,8 +18,9 @@ class AttackSpec:
     name: str
     target: str  # "module:function", imported on first use
     norms: tuple[str, ...]
-    kind: str = "fixed"  # "fixed" budget or "minimal" norm
+    kind: str = "fixed"  # "fixed" budget, "minimal" norm, or "decision" (label-only: either, by eps)
     uses_grad: bool = True
+    access: str = "gradients"  # what it reads of the model: gradients, scores or labels (squiggles.access)
     defaults: dict[str, Any] = field(default_factory=dict)
     steps_option: str | None = "steps"  # the option that sets its iteration budget, if any
     summary: str = ""
@@ -52,12 +53,18 @@ ATTACKS: dict[str, AttackSpec] = {s.name: s for s in [
                summary="Auto-PGD, targeted DLR over the top-k other classes (untargeted in effect)"),
     AttackSpec("fab-t", _A + "fab:fab_targeted", ("linf", "l2"),
                summary="AutoAttack's FAB-T: targeted boundary attack over the top-k other classes (Croce & Hein 2020)"),
-    AttackSpec("square", _A + "square:square", ("linf", "l2"), uses_grad=False, steps_option=None,
+    AttackSpec("square", _A + "square:square", ("linf", "l2"), uses_grad=False, access="scores", steps_option=None,
                summary="score-based black-box Square attack (Andriushchenko et al. 2020)"),
     AttackSpec("fmn", _A + "minimal:fmn", _ALL, kind="minimal",
                summary="Fast Minimum-Norm attack (Pintor et al. 2021)"),
     AttackSpec("cw", _A + "minimal:cw", ("l2",), kind="minimal",
                summary="Carlini-Wagner L2 (Carlini & Wagner 2017)"),
+    AttackSpec("hsja", _A + "hsja:hsja", ("l2", "linf"), kind="decision", uses_grad=False, access="labels",
+               steps_option=None, summary="label-only HopSkipJumpAttack (Chen, Jordan & Wainwright 2020)"),
+    AttackSpec("boundary", _A + "boundary:boundary", ("l2",), kind="decision", uses_grad=False, access="labels",
+               steps_option=None, summary="label-only Boundary Attack (Brendel, Rauber & Bethge 2018)"),
+    AttackSpec("rays", _A + "rays:rays", ("linf",), kind="decision", uses_grad=False, access="labels",
+               steps_option=None, summary="label-only ray search in Linf, RayS (Chen & Gu 2020)"),
 ]}
 # fmt: on
 

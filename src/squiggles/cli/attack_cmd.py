@@ -32,6 +32,9 @@ EXAMPLES = """examples:
   squiggles attack --model runs/madry --attack fmn --norm l2 --n 200 --out adv/minimal   # minimal norms
   squiggles attack --model mypkg.nets:make --weights w.safetensors --dataset mine.npz \\
       --attack square --eps 0.1 --out adv/mine
+  squiggles attack --model mnist-standard --attack hsja --norm l2 --queries 5000 --n 100 --out adv/hsja
+      # label-only; also writes curve.png (median norm against queries, beside white-box FMN)
+  squiggles attack --model mnist-linf-0.3 --attack rays --norm linf --eps 0.3 --queries 10000 --out adv/rays
 """
 
 # Command-line option -> attack keyword; passed only when given and only if the attack takes it.
@@ -67,7 +70,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--step-size", type=positive_float)
     p.add_argument("--restarts", type=positive_int)
     p.add_argument("--loss", choices=("ce", "margin", "dlr"))
-    p.add_argument("--queries", type=positive_int, help="query budget of a black-box attack")
+    p.add_argument("--queries", type=positive_int,
+                   help="model calls per example of a black-box or label-only attack (label-only: every call counted)")
+    p.add_argument("--starts", metavar="FILE",
+                   help="label-only attacks: starting images (.npz/.safetensors with x, one per attacked point); "
+                   "with --targeted they default to an example of each target class from the dataset")
     p.add_argument(
         "--targeted",
         choices=("random", "next", "least-likely"),
@@ -92,19 +99,25 @@ def run(args: argparse.Namespace) -> int:
     if args.norm not in spec.norms:
         raise SquigglesError(f"attack {spec.name!r} supports --norm {', '.join(spec.norms)}, not {args.norm}")
     eps = _eps(args, spec.kind)
-    out = ensure_writable_dir(Path(args.out))
-    if (out / "summary.json").exists() and not args.overwrite:
-        raise SquigglesError(f"{out} already holds an attack result; use --overwrite or another --out folder")
+    if args.starts and spec.kind != "decision":
+        raise SquigglesError(f"--starts is for the label-only attacks (hsja, boundary, rays), not {spec.name!r}")
+    out_path = Path(args.out)
+    if (out_path / "summary.json").exists() and not args.overwrite:
+        raise SquigglesError(f"{out_path} already holds an attack result; use --overwrite or another --out folder")
     kwargs = _attack_kwargs(args, spec)
     device = resolve_device(args.device)
-    model, card = resolve_model(args)
-    model.to(device)
+    model, card = resolve_model(args, any_callable=spec.access == "labels")
+    if isinstance(model, torch.nn.Module):
+        model.to(device)
     data = resolve_data(args)
+    starts = _starts(args, data)
+    out = ensure_writable_dir(out_path)
     threat = make_threat(args.norm, eps, data.bounds)
     gen = torch.Generator(device=device).manual_seed(args.seed)
-    result = _run_batches(spec, model, data, threat, kwargs, args, gen, device)
+    result = _run_batches(spec, model, data, threat, kwargs, args, gen, device, starts)
     warning = one_attack_warning(spec, result.summary(), args)
-    _write_outputs(out, result, data, model, args, card, spec.name, [warning] if warning else [])
+    extra = _query_curve(out, result, model, data, threat, args, device) if spec.kind == "decision" else {}
+    _write_outputs(out, result, data, model, args, card, spec.name, [warning] if warning else [], extra)
     s = result.summary()
     print(
         f"{spec.name} {args.norm} eps={eps:g}: clean accuracy {s['clean_accuracy']:.4f}, robust accuracy "
@@ -133,7 +146,7 @@ def one_attack_warning(spec: Any, summary: dict[str, Any], args: argparse.Namesp
 
 def _eps(args: argparse.Namespace, kind: str) -> float:
     if args.eps is None:
-        if kind == "minimal":
+        if kind in ("minimal", "decision"):
             return math.inf
         raise SquigglesError(f"--eps is required for the fixed-budget attack {args.attack!r}")
     return args.eps
@@ -143,7 +156,44 @@ def _attack_kwargs(args: argparse.Namespace, spec: Any) -> dict[str, Any]:
     return flag_options(args, spec.fn, OPTIONS, f"attack {spec.name!r}")
 
 
+def _starts(args: argparse.Namespace, data: Any) -> Any:
+    """``--starts``: one starting image per point of the (cut) dataset, shaped like it."""
+    if not args.starts:
+        return None
+    from squiggles.data import load_tensors
+
+    starts = load_tensors(args.starts).x
+    if starts.shape != data.x.shape:
+        raise SquigglesError(f"--starts {args.starts}: x has shape {tuple(starts.shape)}, but the points attacked have "
+                             f"shape {tuple(data.x.shape)}; give one starting image per point (same --n)")
+    return starts
+
+
+def _class_examples(data: Any, targets: Any) -> Any:
+    """For each target, the first example of the dataset labelled with it (the start of a targeted label-only
+    attack); the point itself where the dataset holds no example of that class."""
+    x, y = data.x, data.y.to(targets.device)
+    first = {int(c): int((y == c).nonzero()[0]) for c in targets.unique().tolist() if (y == c).any()}
+    rows = [first.get(int(t), -1) for t in targets.tolist()]
+    return [None if r < 0 else x[r] for r in rows]
+
+
+def _batch_starts(starts: Any, data: Any, goal: Any, x: Any, lo: int) -> Any:
+    import torch
+
+    from squiggles.goals import Targeted
+
+    if starts is not None:
+        return starts[lo : lo + len(x)].to(x.device)
+    if not isinstance(goal, Targeted):
+        return None
+    picks = _class_examples(data, goal.targets)
+    return torch.stack([x[i] if p is None else p.to(x.device) for i, p in enumerate(picks)])
+
+
 def _targets(args: argparse.Namespace, model: Any, x: Any, y: Any, num_classes: int, gen: Any) -> Any:
+    import torch
+
     from squiggles.goals import Targeted, least_likely, next_class, random_other
     from squiggles.runtime import predict
 
@@ -151,6 +201,8 @@ def _targets(args: argparse.Namespace, model: Any, x: Any, y: Any, num_classes: 
         return Targeted(next_class(y, num_classes), labels=y)
     if args.targeted == "random":
         return Targeted(random_other(y, num_classes, gen), labels=y)
+    if not isinstance(model, torch.nn.Module):
+        raise SquigglesError("--targeted least-likely needs the model's scores; use --targeted next or random")
     logits = predict(model, x)
     t = least_likely(logits)
     return Targeted(t, labels=y) if not (t == y).any() else Targeted(next_class(y, num_classes), labels=y)
@@ -165,6 +217,7 @@ def _run_batches(
     args: argparse.Namespace,
     gen: Any,
     device: Any,
+    start_images: Any = None,
 ) -> Any:
     from tqdm.auto import tqdm
 
@@ -176,15 +229,46 @@ def _run_batches(
         x = data.x[start : start + args.batch_size].to(device)
         y = data.y[start : start + args.batch_size].to(device)
         goal = _targets(args, model, x, y, data.num_classes, gen) if args.targeted else y
-        parts.append(spec(model, x, goal, threat, seed=gen, **kwargs))
+        extra = {}
+        if spec.kind == "decision":
+            extra["starts"] = _batch_starts(start_images, data, goal, x, start)
+        parts.append(spec(model, x, goal, threat, seed=gen, **kwargs, **extra))
     return AttackResult.cat(parts)
+
+
+def _query_curve(out: Path, result: Any, model: Any, data: Any, threat: Any, args: argparse.Namespace,
+                 device: Any) -> dict[str, Any]:
+    """A label-only attack's median norm against queries (curve.png), beside white-box FMN on the same points when
+    the model gives gradients (an nn.Module)."""
+    import torch
+
+    from squiggles.attacks.registry import get_attack
+    from squiggles.evaluation.queries import minimal_median
+    from squiggles.report.figures import query_curve
+    from squiggles.results import AttackResult
+
+    curve = result.norm_curve()
+    reference: dict[str, Any] = {}
+    fmn = get_attack("fmn")
+    if isinstance(model, torch.nn.Module) and threat.name in fmn.norms:
+        say(args, "fmn (white-box reference for the curve) ...")
+        parts = [fmn(model, data.x[i : i + args.batch_size].to(device), data.y[i : i + args.batch_size].to(device),
+                     threat.with_eps(math.inf), seed=args.seed) for i in range(0, len(data), args.batch_size)]
+        reference["fmn"] = minimal_median(AttackResult.cat(parts))
+    refs = {f"{k} (white-box)": v for k, v in reference.items() if v is not None}
+    query_curve(out / "curve.png", {result.attack: (curve["queries"], curve["median_norm"])}, threat.name, refs,
+                title=f"{result.attack} {threat.name}: median norm against queries")
+    return {"reference_median_norm": reference, "files": ["curve.png"]}
 
 
 def _write_outputs(
     out: Path, result: Any, data: Any, model: Any, args: argparse.Namespace, card: dict[str, Any], name: str,
-    warnings: list[str],
+    warnings: list[str], extra: dict[str, Any] | None = None,
 ) -> None:
+    import torch
+
     from squiggles._io import versions, write_json, write_safetensors
+    from squiggles.access import predicted_labels
     from squiggles.report.figures import attack_grid, confidence, is_image_batch
     from squiggles.runtime import predict
 
@@ -210,16 +294,22 @@ def _write_outputs(
         "files": ["adversarial.safetensors"],
         "warnings": warnings,
     }
+    for key, value in (extra or {}).items():
+        if key == "files":
+            summary["files"] += value
+        else:
+            summary[key] = value
     if is_image_batch(data.x):
         k = 8
         clean, adv = data.x[:k], result.x_adv[:k].cpu()
+        scores = isinstance(model, torch.nn.Module)
         attack_grid(
             out / "examples.png",
             clean,
             adv,
-            predict(model, clean).argmax(1),
+            predicted_labels(model, clean),
             result.pred[:k].cpu(),
-            confidence(predict(model, adv)),
+            confidence(predict(model, adv)) if scores else None,
             result.labels[:k].cpu(),
             data.bounds,
             title=f"{name} {args.norm} eps={result.threat['eps']}",

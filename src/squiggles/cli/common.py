@@ -109,7 +109,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def resolve_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+def resolve_model(args: argparse.Namespace, any_callable: bool = False) -> tuple[Any, dict[str, Any]]:
     """Load ``--model`` (a folder, a zoo name, or a factory plus ``--weights``); return the model and its card.
 
     A folder of that name wins over a zoo name, so a user's own ``mnist-standard/`` is never shadowed.
@@ -126,7 +126,7 @@ def resolve_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
             kwargs = key_values(args.model_arg)
         except argparse.ArgumentTypeError as exc:
             raise SquigglesError(f"--model-arg: {exc}") from None
-        model = load_user_model(args.model, args.weights, **kwargs)
+        model = load_user_model(args.model, args.weights, any_callable=any_callable, **kwargs)
         return model, {"arch": args.model, "arch_kwargs": kwargs, "weights": args.weights}
     if Path(args.model).exists():
         return load_model(args.model), read_card(args.model).to_dict()

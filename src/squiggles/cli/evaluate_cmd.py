@@ -26,6 +26,8 @@ EXAMPLES = """examples:
   squiggles evaluate --model runs/robust --norm linf --eps 0.1 0.2 0.3 0.4 --attacks quick --out eval/curve.json
   squiggles evaluate --model runs/robust --eps 0.3 --attacks apgd-ce,square --out eval/custom.json
   torchrun --nproc_per_node=2 -m squiggles evaluate --model runs/robust --eps 0.3 --out eval/sharded.json
+  squiggles evaluate --model mypkg.endpoint:make --access labels --queries 10000 --norm linf --eps 0.3 \
+      --n 200 --out eval/labels.json      # label-only: RayS (linf) or HSJA (l2), any callable as the model
 """
 
 
@@ -45,6 +47,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default="standard",
         help="ensemble (standard, quick) or comma-separated attack names (default: standard)",
     )
+    p.add_argument(
+        "--access",
+        default="gradients",
+        choices=("gradients", "scores", "labels"),
+        help="what the attacks may read of the model: gradients (white-box, default), scores (Square only) or "
+        "labels (RayS for linf, HSJA for l2; --model may then be any package.module:factory returning a callable)",
+    )
+    p.add_argument("--queries", type=positive_int, help="model calls per point for the black-box and label-only stages")
     p.add_argument("--batch-size", type=positive_int, default=500)
     p.add_argument("--state", help="progress file (default: OUT with .state.safetensors); rerun to resume")
     p.add_argument("--no-checks", action="store_true", help="skip the sanity checks (and so the remedies)")
@@ -66,6 +76,9 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix != ".json":
         raise SquigglesError(f"--out {args.out!r}: give a .json file name for the results")
+    from squiggles.evaluation.ensembles import resolve_stages
+
+    resolve_stages(args.attacks, args.access, args.norm, args.queries)  # a bad combination fails before any write
     ensure_writable_dir(out.parent)
     if out.exists() and not args.overwrite:
         raise SquigglesError(f"{out} already exists; use --overwrite or another --out")
@@ -76,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _evaluate_and_write(args: argparse.Namespace, out: Path, rank: int | None) -> int:
+    import torch
+
     from squiggles._io import write_json
     from squiggles.distributed import rank_device
     from squiggles.evaluation import evaluate
@@ -84,8 +99,9 @@ def _evaluate_and_write(args: argparse.Namespace, out: Path, rank: int | None) -
     from squiggles.threat import make_threat
 
     device = resolve_device(rank_device(args.device))
-    model, card = resolve_model(args)
-    model.to(device)
+    model, card = resolve_model(args, any_callable=args.access == "labels")
+    if isinstance(model, torch.nn.Module):
+        model.to(device)
     data = resolve_data(args)
     threat = make_threat(args.norm, args.eps[0], data.bounds)
     state = Path(args.state) if args.state else out.with_suffix(".state.safetensors")
@@ -102,6 +118,8 @@ def _evaluate_and_write(args: argparse.Namespace, out: Path, rank: int | None) -
         remedies=not args.no_remedies,
         progress=not args.quiet and not rank,
         device=device,
+        access=args.access,
+        queries=args.queries,
     )
     if rank:
         return 0

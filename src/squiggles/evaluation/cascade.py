@@ -35,8 +35,10 @@ class StageStats:
 def run_cascade(
     model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, threat: ThreatModel, stages: tuple[Stage, ...],
     robust: Tensor, x_adv: Tensor, broken_by: Tensor, seed: int, stats: list[StageStats],
+    queries: Tensor | None = None,
 ) -> None:
-    """Update ``robust``, ``x_adv`` and ``broken_by`` in place with every stage's successes."""
+    """Update ``robust``, ``x_adv`` and ``broken_by`` in place with every stage's successes (and ``queries``, the
+    model calls spent on each point, when given)."""
     for si, stage in enumerate(stages):
         idx = robust.nonzero().flatten()
         if len(idx) == 0:
@@ -44,6 +46,8 @@ def run_cascade(
         start = time.perf_counter()
         result = get_attack(stage.attack)(model, x[idx], y[idx], subset_threat(threat, idx), seed=seed + si,
                                           **stage.options)
+        if queries is not None:
+            queries[idx] += result.queries.to(queries.device)
         hit = idx[result.success]
         x_adv[hit] = result.x_adv[result.success]
         robust[hit] = False

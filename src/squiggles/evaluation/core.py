@@ -22,6 +22,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from squiggles._io import versions
+from squiggles.access import as_labels, check_access, predicted_labels
 from squiggles.attacks._core import attack_mode, check_inputs
 from squiggles.distributed import rank_world
 from squiggles.errors import SquigglesError
@@ -29,7 +30,7 @@ from squiggles.evaluation import state as state_io
 from squiggles.evaluation.cascade import CLEAN_ERROR, REUSED, ROBUST, StageStats, run_cascade, stage_seed
 from squiggles.evaluation.ensembles import Stage, resolve_stages
 from squiggles.evaluation.result import EvalResult
-from squiggles.runtime import fast_layout, predict
+from squiggles.runtime import fast_layout
 from squiggles.threat import ThreatModel
 
 Model = Callable[[Tensor], Tensor]
@@ -40,6 +41,7 @@ def evaluate(
     eps: float | Sequence[float] | None = None, n: int | None = None, batch_size: int = 500, seed: int = 0,
     reuse_minimal: bool | None = None, state_path: str | Path | None = None, checks: bool = True,
     keep_adv: bool = True, progress: bool = True, device: str | torch.device | None = None, remedies: bool = True,
+    access: str = "gradients", queries: int | None = None,
 ) -> EvalResult:
     """Robust accuracy of ``model`` on ``data`` under ``threat`` by the attack cascade ``attacks``.
 
@@ -50,6 +52,11 @@ def evaluate(
     sanity check fires for a cause with a known remedy (probability outputs, randomness, masked gradients), the
     points still robust are attacked again through it and the headline is the worst case of both
     (`squiggles.evaluation.remedied`); the figures before the remedies stay in the result.
+
+    ``access``: what the attacks may read of the model (`squiggles.access`). ``"labels"``: the model may be any
+    callable returning scores or labels, and the cascade is label-only (RayS for Linf, HSJA for L2, ``queries``
+    calls per point and budget); ``"scores"``: Square only. The sanity checks and remedies need gradients, so they
+    run only under ``"gradients"``.
 
     Example:
         >>> import squiggles                                            # doctest: +SKIP
@@ -62,15 +69,17 @@ def evaluate(
     # The state and the result live on the CPU; each chunk goes to the model's device as it is attacked.
     x, y = x.detach().cpu(), y.cpu()
     budgets = _budgets(threat, eps)
-    stages = resolve_stages(attacks if not isinstance(attacks, list) else tuple(attacks))
+    check_access(access)
+    stages = resolve_stages(attacks if not isinstance(attacks, list) else tuple(attacks), access, threat.name, queries)
+    checks = checks and access == "gradients"
     if batch_size < 1:
         raise SquigglesError(f"batch_size must be >= 1, got {batch_size}")
     dev = torch.device(device) if device is not None else _device_of(model, x)
     x = check_inputs(x, threat)
-    reuse = _reuse_minimal(reuse_minimal, budgets, threat)
+    reuse = _reuse_minimal(reuse_minimal, budgets, threat, access)
     config = {"attacks": [s.describe() for s in stages], "eps": budgets, "n": len(x), "batch_size": batch_size,
               "seed": seed, "reuse_minimal": reuse, "threat": threat.describe(),
-              "remedies": bool(checks and remedies)}
+              "remedies": bool(checks and remedies), "access": access}
     fingerprint = _fingerprint(config, x, y)
     rank, world = rank_world()
     chunks = list(range(0, len(x), batch_size))
@@ -127,7 +136,7 @@ def _run_chunk(
 ) -> None:
     with attack_mode(model):
         with torch.no_grad():
-            correct = model(x).argmax(1) == y
+            correct = as_labels(model(x), len(x)) == y
     st.clean_correct[lo:hi] = correct.cpu()
     x_min, min_norm = _minimal_pass(model, x, y, threat, seed, chunk, st.prepass) if reuse else (None, None)
     if min_norm is not None:
@@ -140,8 +149,10 @@ def _run_chunk(
             settled = robust & (min_norm <= eps)
             robust[settled], x_adv[settled], broken_by[settled] = False, x_min[settled], REUSED
         stats = [StageStats() for _ in stages]
+        queries = torch.zeros(len(x), dtype=torch.long, device=x.device)
         run_cascade(model, x, y, threat.with_eps(eps), stages, robust, x_adv, broken_by,
-                    stage_seed(seed, chunk, k), stats)
+                    stage_seed(seed, chunk, k), stats, queries)
+        st.queries[k, lo:hi] = queries.cpu()
         st.robust[k, lo:hi] = robust.cpu()
         st.broken_by[k, lo:hi] = broken_by.cpu()
         if st.x_adv is not None:
@@ -170,7 +181,7 @@ def _finish(
     robust = st.robust.clone()
     for k in range(len(budgets)):
         inputs = st.x_adv[k] if st.x_adv is not None else x
-        pred = predict(model, inputs.to(dev)).argmax(1).cpu()
+        pred = predicted_labels(model, inputs.to(dev)).cpu()
         verified = pred == y
         if st.x_adv is None:  # without the inputs only the clean points can be re-checked
             verified = torch.where(st.broken_by[k] == ROBUST, verified, st.robust[k])
@@ -183,6 +194,7 @@ def _finish(
         min_norms=st.min_norms if config["reuse_minimal"] else None, stage_stats=stats,
         prepass_stats=st.prepass.__dict__.copy() if config["reuse_minimal"] else None,
         disagreements=disagreements, config=config, seed=seed, provenance={"versions": versions()},
+        queries=st.queries,
     )
 
 
@@ -216,9 +228,13 @@ def _budgets(threat: ThreatModel, eps: float | Sequence[float] | None) -> list[f
     return sorted(set(values))
 
 
-def _reuse_minimal(flag: bool | None, budgets: list[float], threat: ThreatModel) -> bool:
+def _reuse_minimal(flag: bool | None, budgets: list[float], threat: ThreatModel, access: str) -> bool:
     from squiggles.attacks.registry import ATTACKS
 
+    if access != "gradients":
+        if flag:
+            raise SquigglesError(f"reuse_minimal needs FMN's gradients, which --access {access} does not give")
+        return False
     spec = ATTACKS.get("fmn")
     supported = spec is not None and threat.name in spec.norms
     if flag and not supported:

@@ -47,19 +47,64 @@ ENSEMBLES: dict[str, tuple[Stage, ...]] = {
 }
 
 
-def resolve_stages(attacks: str | list[str] | tuple[Stage, ...]) -> tuple[Stage, ...]:
-    """An ensemble name, a list of registry attack names, or explicit stages."""
+# What each access level lets the cascade use (squiggles.access): label-only attacks run at every level.
+_ALLOWED = {"gradients": ("gradients", "scores", "labels"), "scores": ("scores", "labels"), "labels": ("labels",)}
+
+
+def access_stages(access: str, norm: str) -> tuple[Stage, ...]:
+    """The default cascade for a model seen only through scores or labels."""
+    if access == "scores":
+        if norm not in ("linf", "l2"):
+            raise SquigglesError(f"--access scores: no score-based attack for --norm {norm}; use linf or l2")
+        return (Stage("square", {"queries": 5000}, "Square"),)
+    if norm == "linf":  # RayS answers an Linf question from labels alone (Chen & Gu 2020)
+        return (Stage("rays", {"queries": 10_000}, "RayS"),)
+    if norm == "l2":
+        return (Stage("hsja", {"queries": 10_000}, "HSJA"),)
+    raise SquigglesError(f"--access labels: no label-only attack for --norm {norm} yet; use linf (RayS) or l2 (HSJA)")
+
+
+def resolve_stages(attacks: str | list[str] | tuple[Stage, ...], access: str = "gradients", norm: str = "linf",
+                   queries: int | None = None) -> tuple[Stage, ...]:
+    """An ensemble name, a list of registry attack names, or explicit stages, checked against the access level.
+
+    With ``access`` other than ``gradients``, the default ensemble (``standard``) becomes that level's cascade.
+    ``queries`` sets the query budget of every stage that has one.
+    """
     from squiggles.attacks.registry import get_attack
 
-    if isinstance(attacks, str):
-        if attacks in ENSEMBLES:
-            return ENSEMBLES[attacks]
-        attacks = [a.strip() for a in attacks.split(",") if a.strip()]
-    stages = tuple(a if isinstance(a, Stage) else Stage(a) for a in attacks)
+    if access != "gradients" and attacks in ("standard", access):
+        stages = access_stages(access, norm)
+    elif isinstance(attacks, str) and attacks in ENSEMBLES:
+        stages = ENSEMBLES[attacks]
+    else:
+        names = [a.strip() for a in attacks.split(",") if a.strip()] if isinstance(attacks, str) else attacks
+        stages = tuple(a if isinstance(a, Stage) else Stage(a) for a in names)
     if not stages:
         raise SquigglesError(f"no attacks given; use an ensemble ({', '.join(ENSEMBLES)}) or attack names")
     for stage in stages:
         spec = get_attack(stage.attack)
-        if spec.kind != "fixed":
+        if spec.kind == "minimal":
             raise SquigglesError(f"{stage.attack!r} is a minimal-norm attack; the cascade takes fixed-budget attacks")
+        if spec.access not in _ALLOWED[access]:
+            raise SquigglesError(
+                f"--access {access}: attack {stage.attack!r} needs {spec.access}, which this access level does not "
+                f"give; use {'rays (linf) or hsja (l2)' if access == 'labels' else 'square'}, or --access gradients")
+        if norm not in spec.norms:
+            raise SquigglesError(f"attack {stage.attack!r} supports --norm {', '.join(spec.norms)}, not {norm}")
+    if queries is not None:
+        stages = _with_queries(stages, queries)
     return stages
+
+
+def _with_queries(stages: tuple[Stage, ...], queries: int) -> tuple[Stage, ...]:
+    import inspect
+
+    from squiggles.attacks.registry import get_attack
+
+    if isinstance(queries, bool) or not isinstance(queries, int) or queries < 1:
+        raise SquigglesError(f"queries must be a positive integer, got {queries!r}")
+    takes = [s for s in stages if "queries" in inspect.signature(get_attack(s.attack).fn).parameters]
+    if not takes:
+        raise SquigglesError("--queries: none of the attacks has a query budget (give a black-box or label-only one)")
+    return tuple(Stage(s.attack, {**s.options, "queries": queries}, s.label) if s in takes else s for s in stages)

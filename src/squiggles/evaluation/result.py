@@ -40,6 +40,8 @@ class EvalResult:
     # budget before them (None when none was applied): the headline is the per-point worst case of both.
     remedies: list[dict[str, Any]] = field(default_factory=list)
     unremedied: list[float] | None = None
+    # Model calls spent on each point at each budget (budgets x points), all stages together.
+    queries: Tensor | None = None
     config: dict[str, Any] = field(default_factory=dict)
     wall_time_s: float = 0.0
     seed: int = 0
@@ -104,11 +106,22 @@ class EvalResult:
             "flags": self.flags,
             "disagreements": self.disagreements,
             "model_calls": self.model_calls(),
+            "queries_per_point": self.queries_per_point(),
             "wall_time_s": round(self.wall_time_s, 3),
             "seed": self.seed,
             "config": self.config,
             **self.provenance,
         }
+
+    def queries_per_point(self) -> list[dict[str, Any]] | None:
+        """Per budget: the median, mean and largest number of model calls spent on one point."""
+        if self.queries is None:
+            return None
+        rows = []
+        for k, e in enumerate(self.eps):
+            q = self.queries[k].double()
+            rows.append({"eps": e, "median": float(q.median()), "mean": float(q.mean()), "max": int(q.max())})
+        return rows
 
     def model_calls(self) -> dict[str, int]:
         """Every model call of the evaluation: all stages at all budgets plus the minimal-norm pre-pass."""

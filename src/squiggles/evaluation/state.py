@@ -27,6 +27,7 @@ class State:
     broken_by: Tensor       # int64, budgets x points
     min_norms: Tensor       # per point, inf where unknown
     x_adv: Tensor | None    # budgets x points x ...
+    queries: Tensor         # int64, budgets x points: model calls spent on each point
     stats: list[list[StageStats]]
     prepass: StageStats     # the minimal-norm pre-pass, when it runs
 
@@ -44,6 +45,7 @@ def new_state(n: int, budgets: int, stages: int, chunks: int, shape: torch.Size,
         done=torch.zeros(chunks, dtype=torch.bool), clean_correct=torch.zeros(n, dtype=torch.bool),
         robust=torch.zeros(budgets, n, dtype=torch.bool), broken_by=torch.full((budgets, n), ROBUST),
         min_norms=torch.full((n,), math.inf), x_adv=torch.zeros(budgets, n, *shape, dtype=dtype) if keep_adv else None,
+        queries=torch.zeros(budgets, n, dtype=torch.long),
         stats=[[StageStats() for _ in range(stages)] for _ in range(budgets)], prepass=StageStats(),
     )
 
@@ -70,6 +72,7 @@ def load_or_new(state_path: str | Path | None, rank: int, fingerprint: str, n: i
     fresh.robust, fresh.broken_by, fresh.min_norms = tensors["robust"], tensors["broken_by"], tensors["min_norms"]
     if keep_adv:
         fresh.x_adv = tensors["x_adv"]
+    fresh.queries = tensors.get("queries", fresh.queries)
     fresh.stats = [[StageStats(**s) for s in per] for per in header["stats"]]
     fresh.prepass = StageStats(**header["prepass"])
     return fresh
@@ -80,7 +83,7 @@ def save(state_path: str | Path | None, rank: int, st: State, fingerprint: str) 
     if path is None:
         return
     tensors = {"done": st.done, "clean_correct": st.clean_correct, "robust": st.robust, "broken_by": st.broken_by,
-               "min_norms": st.min_norms}
+               "min_norms": st.min_norms, "queries": st.queries}
     if st.x_adv is not None:
         tensors["x_adv"] = st.x_adv
     header = {"fingerprint": fingerprint, "stats": [[s.__dict__ for s in per] for per in st.stats],
@@ -105,6 +108,7 @@ def gather(st: State, world: int, starts: list[int], size: int) -> State:
         merged.robust[:, points] = other.robust[:, points]
         merged.broken_by[:, points] = other.broken_by[:, points]
         merged.min_norms[points] = other.min_norms[points]
+        merged.queries[:, points] = other.queries[:, points]
         if merged.x_adv is not None:
             merged.x_adv[:, points] = other.x_adv[:, points]
         for k, per in enumerate(other.stats):

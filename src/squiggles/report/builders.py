@@ -142,6 +142,10 @@ def evaluation_sections(data: dict[str, Any], folder: Path) -> list[Section]:
     curve = [[c.get("eps"), c.get("robust_accuracy")] for c in data.get("curve") or []]
     if curve:
         section.tables.append(Table(["eps", "robust accuracy"], curve, "Robust accuracy by budget"))
+    per_point = [[q.get("eps"), q.get("median"), q.get("mean"), q.get("max")]
+                 for q in data.get("queries_per_point") or [] if isinstance(q, dict)]
+    if per_point and (data.get("config") or {}).get("access", "gradients") != "gradients":
+        section.tables.append(Table(["eps", "median", "mean", "max"], per_point, "Model calls per point"))
     remedies = _remedies_table(data.get("remedies"))
     if remedies:
         section.paragraphs.append("A check fired for a cause with a known remedy, so the evaluation attacked the "
@@ -213,14 +217,32 @@ def _evaluation_file(path: Path, data: dict[str, Any]) -> list[Section]:
 def attack_sections(data: dict[str, Any], folder: Path) -> list[Section]:
     """``squiggles attack`` summary: its numbers and settings, the example picture, the model card."""
     section = Section(f"Attack {data.get('attack', '')} on {data.get('model', 'a model')}".replace("  ", " "))
-    section.tables.append(key_value_table(data, "Summary", skip={"model_card", "files", "kind"}))
+    section.tables.append(key_value_table(data, "Summary", skip={"model_card", "files", "kind", "norm_curve"}))
+    curve = _query_table(data.get("norm_curve"), data.get("reference_median_norm"))
+    if curve:
+        section.tables.append(curve)
     names = _images(data.get("files"))
     if "examples.png" not in names and (folder / "examples.png").is_file():
         names.append("examples.png")
-    section.figures, notes = _figures(folder, names, "Clean, perturbation and adversarial examples")
+    pictures = [n for n in names if n != "curve.png"]
+    section.figures, notes = _figures(folder, pictures, "Clean, perturbation and adversarial examples")
+    if "curve.png" in names:
+        more, extra = _figures(folder, ["curve.png"], "Median norm against queries per example")
+        section.figures += more
+        notes += extra
     section.paragraphs += notes
     section.cards = _cards(data.get("model_card"))
     return [section]
+
+
+def _query_table(curve: Any, reference: Any) -> Table | None:
+    """A label-only attack's median norm at each query count, with the white-box reference below."""
+    if not isinstance(curve, dict) or not curve.get("queries"):
+        return None
+    rows = [[q, m] for q, m in zip(curve["queries"], curve.get("median_norm") or [], strict=False)]
+    for name, value in (reference or {}).items():
+        rows.append([f"{name} (white-box minimal norm)", value])
+    return Table(["model calls per example", "median norm"], rows, "Median norm against queries")
 
 
 def training_sections(card: dict[str, Any], folder: Path) -> list[Section]:

@@ -29,7 +29,7 @@ def attack_grid(
     adv: Tensor,
     clean_pred: Tensor,
     adv_pred: Tensor,
-    adv_conf: Tensor,
+    adv_conf: Tensor | None,
     labels: Tensor,
     bounds: tuple[float, float] = (0.0, 1.0),
     title: str = "",
@@ -45,7 +45,8 @@ def attack_grid(
         panels = [
             (as_image(clean[i], bounds), "gray", None, f"label {int(labels[i])}, pred {int(clean_pred[i])}"),
             (delta[i].mean(0).numpy(), "RdBu_r", (-scale, scale), f"perturbation (max {scale:.3g})"),
-            (as_image(adv[i], bounds), "gray", None, f"pred {int(adv_pred[i])} ({float(adv_conf[i]):.2f})"),
+            (as_image(adv[i], bounds), "gray", None,
+             f"pred {int(adv_pred[i])}" + (f" ({float(adv_conf[i]):.2f})" if adv_conf is not None else "")),
         ]
         fooled = int(adv_pred[i]) != int(labels[i])
         for col, (ax, (img, cmap, lim, text)) in enumerate(zip(axes[i], panels, strict=True)):
@@ -86,6 +87,32 @@ def eps_curve(path: Path, curves: dict[str, tuple[list[float], list[float]]], no
     ax.grid(alpha=0.3)
     if len(curves) > 1:
         ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def query_curve(path: Path, curves: dict[str, tuple[list[int], list[float | None]]], norm: str,
+                references: dict[str, float] | None = None, title: str = "") -> Path:
+    """Median adversarial norm against model calls per example (log x), one line per attack; white-box
+    references (e.g. FMN's minimal norm on the same points) as horizontal dashed lines."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for label, (queries, medians) in curves.items():
+        points = [(q, m) for q, m in zip(queries, medians, strict=True) if m is not None]
+        if points:
+            ax.plot(*zip(*points, strict=True), marker="o", label=label)
+    for label, value in (references or {}).items():
+        ax.axhline(value, linestyle="--", color="gray", linewidth=1)
+        ax.text(ax.get_xlim()[0], value, f" {label}", fontsize=7, va="bottom", color="dimgray")
+    ax.set_xscale("log")
+    ax.set_xlabel("model calls per example")
+    ax.set_ylabel(f"median {norm} norm")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
