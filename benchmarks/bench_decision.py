@@ -230,6 +230,12 @@ def rays_part(name: str, model: nn.Module, x: Tensor, y: Tensor, queries: int) -
             "per_point_disagreements": int((label.robust[0] & ~white.robust[0]).sum())}
 
 
+def _save_partial(path: str | None, out: dict[str, Any]) -> None:
+    if path:
+        with open(path, "w") as f:
+            json.dump(out, f, indent=2, default=str)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=["mnist-standard", "mnist-linf-0.3"])
@@ -240,6 +246,7 @@ def main() -> None:
     p.add_argument("--rays-queries", type=int, default=10_000)
     p.add_argument("--parts", nargs="+", default=["hsja", "boundary", "rays"])
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--partial", help="also write the results so far to this file after every part")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     out: dict[str, Any] = {"benchmark": "decision", "machine": machine_info(args.threads),
@@ -249,14 +256,17 @@ def main() -> None:
         model.requires_grad_(False)
         res: dict[str, Any] = {}
         x, y = points(model, args.n)
+        out["models"][name] = res
         if "hsja" in args.parts:
             res["hsja"] = hsja_part(name, model, x, y, args.budgets)
+            _save_partial(args.partial, out)
         if "boundary" in args.parts:
             res["boundary"] = boundary_part(name, model, x, y, args.boundary_budgets)
+            _save_partial(args.partial, out)
         if "rays" in args.parts:
             xr, yr = points(model, args.rays_n)
             res["rays"] = rays_part(name, model, xr, yr, args.rays_queries)
-        out["models"][name] = res
+            _save_partial(args.partial, out)
         log(json.dumps(res, default=str)[:2000])
     print(json.dumps(out, indent=2, default=str))
 

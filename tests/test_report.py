@@ -327,3 +327,16 @@ def test_stage_table_gives_points_settled_before_any_attack_their_own_row():
     assert [r[0] for r in rows] == ["clean", "smaller budget / minimal-norm pre-pass", "apgd-ce"]
     assert rows[1][1] == 0.90
     assert [r[0] for r in stage_table([{"stage": "clean", "accuracy": 0.9, "after_reuse": 0.9}]).rows] == ["clean"]
+
+
+def test_patch_summary_renders_its_curve_and_pictures(tmp_path):
+    write_png(tmp_path / "patch.png")
+    write_png(tmp_path / "worn.png")
+    summary = {"kind": "patch", "action": "train", "target": 3, "success_rate": 0.93, "images": 900,
+               "patch": {"threat": "patch", "height": 8, "width": 8}, "model": "mnist-standard",
+               "history": [{"step": 100, "train_success": 0.5}, {"step": 200, "train_success": 0.9}],
+               "files": ["patch.safetensors", "patch.png", "worn.png"]}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    html = write_report(tmp_path).read_text()
+    assert "Universal patch to class 3 on mnist-standard" in html
+    assert "train success" in html and html.count("data:image/png;base64") == 2

@@ -38,6 +38,8 @@ class AttackResult:
     # adversarial norm found within each (inf before the first).
     curve_queries: list[int] | None = None
     curve_norms: Tensor | None = None
+    # Spatial attacks: the transform applied to each example (N x 3: degrees, pixels right, pixels down).
+    params: Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.success)
@@ -122,6 +124,7 @@ class AttackResult:
             wall_time_s=sum(p.wall_time_s for p in parts),
             curve_queries=first.curve_queries,
             curve_norms=join("curve_norms") if first.curve_norms is not None else None,
+            params=join("params") if first.params is not None else None,
         )
 
 

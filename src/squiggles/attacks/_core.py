@@ -42,7 +42,8 @@ class Oracle:
         self.backwards = 0
         self.queries = torch.zeros(n, dtype=torch.long, device=device)
 
-    def _count(self, k: int, idx: Tensor | None, backward: bool) -> None:
+    def count(self, k: int, idx: Tensor | None, backward: bool) -> None:
+        """Record a call of ``k`` rows about the examples ``idx`` (all when None)."""
         self.forwards += k
         self.backwards += k if backward else 0
         if idx is None:
@@ -53,7 +54,7 @@ class Oracle:
     def logits(self, x: Tensor, idx: Tensor | None = None) -> Tensor:
         with torch.no_grad():
             out = self.model(x)
-        self._count(len(x), idx, backward=False)
+        self.count(len(x), idx, backward=False)
         return out
 
     def loss_grad(
@@ -65,7 +66,7 @@ class Oracle:
             logits = self.model(x)
             values = loss(logits, goal.labels, goal.targets)
             (grad,) = torch.autograd.grad(values.sum(), x)
-        self._count(len(x), idx, backward=True)
+        self.count(len(x), idx, backward=True)
         return values.detach(), grad.detach(), logits.detach()
 
 

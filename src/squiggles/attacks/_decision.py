@@ -34,7 +34,8 @@ MIN_QUERIES = 10
 CURVE_AT = (100, 200, 500, 1000, 2000, 5000, 10_000, 20_000, 50_000, 100_000)
 
 
-def _view(v: Tensor, x: Tensor) -> Tensor:
+def per_example(v: Tensor, x: Tensor) -> Tensor:
+    """A per-example vector shaped to broadcast against the batch ``x``."""
     return v.view(-1, *([1] * (x.dim() - 1)))
 
 
@@ -109,7 +110,7 @@ class Trace:
 
 def blend(x: Tensor, far: Tensor, a: Tensor) -> Tensor:
     """Points on the segment from ``x`` (a = 0) to ``far`` (a = 1)."""
-    return x + _view(a, x) * (far - x)
+    return x + per_example(a, x) * (far - x)
 
 
 def bisect(oracle: LabelOracle, x: Tensor, far: Tensor, idx: Tensor, point: Callable[[Tensor, Tensor, Tensor],
@@ -239,7 +240,7 @@ def _verify(oracle: LabelOracle, x: Tensor, x_best: Tensor, clean: Tensor,
     tol = 64 * torch.finfo(x.dtype).eps * max(1.0, hi - lo)
     eps = threat.eps_like(x).flatten()
     inside = threat.norm(x_best - x) <= eps * (1 + tol) + tol
-    x_adv = torch.where(_view(inside, x), x_best, x)
+    x_adv = torch.where(per_example(inside, x), x_best, x)
     x_adv = threat.project(x_adv, x)
     pred = clean.clone()
     moved = (x_adv != x).flatten(1).any(1).nonzero().flatten()

@@ -39,6 +39,7 @@ from squiggles.attacks._decision import (
     adversarial_start,
     bisect,
     blend,
+    per_example,
     run_decision_attack,
 )
 from squiggles.errors import SquigglesError
@@ -47,10 +48,6 @@ from squiggles.results import AttackResult
 from squiggles.threat import ThreatModel
 
 _WINDOW = 10  # checks per adaptation of the step sizes
-
-
-def _view(v: Tensor, x: Tensor) -> Tensor:
-    return v.view(-1, *([1] * (x.dim() - 1)))
 
 
 def boundary(
@@ -107,7 +104,7 @@ def boundary(
             ready = act[checks[act] >= _WINDOW]
             if len(ready):
                 _adapt(ready, sph, src, sph_hits, full_hits, checks, step_adaptation)
-        return torch.where(_view(torch.isfinite(dist), x), cur, x)
+        return torch.where(per_example(torch.isfinite(dist), x), cur, x)
 
     config = {"spherical_step": spherical_step, "source_step": source_step, "step_adaptation": step_adaptation,
               "adapt_every": adapt_every}
@@ -123,16 +120,16 @@ def _proposals(x: Tensor, cur: Tensor, sph: Tensor, src: Tensor, threat: ThreatM
     tiny = torch.finfo(x.dtype).tiny
     to_x = x - cur
     r = threat.norm(to_x).clamp_min(tiny)
-    unit = to_x / _view(r, x)
+    unit = to_x / per_example(r, x)
     eta = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
-    eta = eta - _view((eta * unit).flatten(1).sum(1), x) * unit
-    eta = eta * _view(sph * r / threat.norm(eta).clamp_min(tiny), x)
+    eta = eta - per_example((eta * unit).flatten(1).sum(1), x) * unit
+    eta = eta * per_example(sph * r / threat.norm(eta).clamp_min(tiny), x)
     # cur + eta leaves the sphere by a factor sqrt(1 + sph^2); scaling the offset from x brings it back.
-    spherical = (x + (eta - to_x) / _view(torch.sqrt(1 + sph**2), x)).clamp(lo, hi)
+    spherical = (x + (eta - to_x) / per_example(torch.sqrt(1 + sph**2), x)).clamp(lo, hi)
     back = x - spherical
     r_new = threat.norm(back).clamp_min(tiny)
     length = (src * r + r_new - r).clamp_min(0) / r_new
-    full = (spherical + _view(length, x) * back).clamp(lo, hi)
+    full = (spherical + per_example(length, x) * back).clamp(lo, hi)
     return spherical, full
 
 

@@ -50,6 +50,7 @@ from squiggles.attacks._decision import (
     adversarial_start,
     bisect,
     blend,
+    per_example,
     run_decision_attack,
 )
 from squiggles.errors import SquigglesError
@@ -59,10 +60,6 @@ from squiggles.threat import ThreatModel
 
 _PROBE_ROWS = 8192  # probes held in memory at once (rows of the input's size)
 _MAX_HALVINGS = 20  # of the geometric step-size search; 2^-20 of the distance is far below any tolerance
-
-
-def _view(v: Tensor, x: Tensor) -> Tensor:
-    return v.view(-1, *([1] * (x.dim() - 1)))
 
 
 def hsja(
@@ -128,7 +125,7 @@ def hsja(
             better = dist[act] < best_dist[act]
             best[act[better]], best_dist[act[better]] = new[better], dist[act][better]
             trace.record(act, best_dist[act], oracle.queries[act])
-        return torch.where(_view(torch.isfinite(best_dist), x), best, x)
+        return torch.where(per_example(torch.isfinite(best_dist), x), best, x)
 
     config = {"init_probes": init_probes, "max_probes": max_probes, "gamma": gamma, "antithetic": antithetic,
               "subspace": factor, "subspace_iterations": subspace_iterations}
@@ -164,7 +161,7 @@ def _to_boundary(oracle: LabelOracle, x: Tensor, far: Tensor, idx: Tensor, threa
     dist = threat.norm(far - x)
 
     def clip_to(x: Tensor, far: Tensor, r: Tensor) -> Tensor:
-        r = _view(r, x)
+        r = per_example(r, x)
         return torch.minimum(torch.maximum(far, x - r), x + r)
 
     _, point = bisect(oracle, x, far, idx, clip_to, dist, torch.clamp(dist * theta, max=theta))
@@ -208,8 +205,8 @@ def _estimate_normal(oracle: LabelOracle, cur: Tensor, idx: Tensor, delta: Tenso
     for first in range(0, total, chunk):
         count = min(chunk, total - first)
         u = _probe_directions(cur.shape, count, gen, factor, threat.name == "linf", antithetic, cur)
-        z = (cur[None] + _view(delta, cur)[None] * u).clamp(lo, hi)
-        u = (z - cur[None]) / _view(delta, cur)[None]  # what the clipped probe really moved
+        z = (cur[None] + per_example(delta, cur)[None] * u).clamp(lo, hi)
+        u = (z - cur[None]) / per_example(delta, cur)[None]  # what the clipped probe really moved
         use = (first + torch.arange(count, device=cur.device))[:, None] < probes[None, :]  # count x n
         k, e = use.nonzero(as_tuple=True)
         phi = torch.zeros(count, n, device=cur.device, dtype=cur.dtype)
@@ -217,12 +214,12 @@ def _estimate_normal(oracle: LabelOracle, cur: Tensor, idx: Tensor, delta: Tenso
         s_phi_u += (phi.view(count, n, *([1] * (cur.dim() - 1))) * u).sum(0)
         s_u += (use.to(cur.dtype).view(count, n, *([1] * (cur.dim() - 1))) * u).sum(0)
         s_phi += phi.sum(0)
-    m = _view(probes.to(cur.dtype), cur)
-    mean_phi = _view(s_phi, cur) / m
+    m = per_example(probes.to(cur.dtype), cur)
+    mean_phi = per_example(s_phi, cur) / m
     # All probes on one side: the baseline would cancel the estimate, so use the plain mean (as the paper does).
-    one_sided = _view(mean_phi.flatten().abs() == 1, cur)
+    one_sided = per_example(mean_phi.flatten().abs() == 1, cur)
     grad = torch.where(one_sided, s_phi_u / m, s_phi_u / m - mean_phi * s_u / m)
-    return grad / _view(grad.flatten(1).norm(dim=1).clamp_min(torch.finfo(cur.dtype).tiny), cur)
+    return grad / per_example(grad.flatten(1).norm(dim=1).clamp_min(torch.finfo(cur.dtype).tiny), cur)
 
 
 def _step_search(oracle: LabelOracle, cur: Tensor, idx: Tensor, update: Tensor, size: Tensor,
@@ -236,7 +233,7 @@ def _step_search(oracle: LabelOracle, cur: Tensor, idx: Tensor, update: Tensor, 
         rows = (~ok & (oracle.left(idx) > 0)).nonzero().flatten()
         if len(rows) == 0:
             break
-        cand = (cur[rows] + _view(size[rows], cur) * update[rows]).clamp(lo, hi)
+        cand = (cur[rows] + per_example(size[rows], cur) * update[rows]).clamp(lo, hi)
         adv = oracle.adversarial(cand, idx[rows])
         out[rows[adv]] = cand[adv]
         ok[rows[adv]] = True

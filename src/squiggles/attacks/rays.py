@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from squiggles.attacks._core import Seed
-from squiggles.attacks._decision import CURVE_AT, LabelOracle, Trace, bracket, run_decision_attack
+from squiggles.attacks._decision import CURVE_AT, LabelOracle, Trace, bracket, per_example, run_decision_attack
 from squiggles.errors import SquigglesError
 from squiggles.goals import GoalLike, ResolvedGoal
 from squiggles.results import AttackResult
@@ -58,10 +58,6 @@ def _block_order(x: Tensor, blocks: str) -> Tensor:
     pixels = code.flatten().argsort()  # pixel indices (h * w + w) in Z-order
     order = (torch.arange(c)[None, :] * (h * w) + pixels[:, None]).flatten()
     return order.to(x.device)
-
-
-def _view(v: Tensor, x: Tensor) -> Tensor:
-    return v.view(-1, *([1] * (x.dim() - 1)))
 
 
 def rays(
@@ -102,7 +98,7 @@ def rays(
         full = torch.full((n,), float(hi - lo), device=x.device, dtype=x.dtype)
 
         def point(x: Tensor, s: Tensor, r: Tensor) -> Tensor:
-            return (x + _view(r, x) * s.view_as(x)).clamp(lo, hi)
+            return (x + per_example(r, x) * s.view_as(x)).clamp(lo, hi)
 
         order = _block_order(x, blocks)
         level, block = 0, 0

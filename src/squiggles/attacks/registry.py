@@ -18,7 +18,7 @@ class AttackSpec:
     name: str
     target: str  # "module:function", imported on first use
     norms: tuple[str, ...]
-    kind: str = "fixed"  # "fixed" budget, "minimal" norm, or "decision" (label-only: either, by eps)
+    kind: str = "fixed"  # "fixed" budget, "minimal" norm, "decision" (label-only: either, by eps), "spatial", "patch"
     uses_grad: bool = True
     access: str = "gradients"  # what it reads of the model: gradients, scores or labels (squiggles.access)
     defaults: dict[str, Any] = field(default_factory=dict)
@@ -65,6 +65,14 @@ ATTACKS: dict[str, AttackSpec] = {s.name: s for s in [
                steps_option=None, summary="label-only Boundary Attack (Brendel, Rauber & Bethge 2018)"),
     AttackSpec("rays", _A + "rays:rays", ("linf",), kind="decision", uses_grad=False, access="labels",
                steps_option=None, summary="label-only ray search in Linf, RayS (Chen & Gu 2020)"),
+    AttackSpec("spatial-grid", _A + "spatial:spatial_grid", ("spatial",), kind="spatial", steps_option=None,
+               summary="every rotation and translation of a grid, 31 x 5 x 5 (Engstrom et al. 2019)"),
+    AttackSpec("spatial-random", _A + "spatial:spatial_random", ("spatial",), kind="spatial", steps_option=None,
+               summary="worst of k random rotations and translations (Engstrom et al. 2019)"),
+    AttackSpec("spatial-fo", _A + "spatial:spatial_fo", ("spatial",), kind="spatial",
+               summary="first-order attack on the rotation and translation (Engstrom et al. 2019)"),
+    AttackSpec("stickers", _A + "patch:stickers", ("stickers",), kind="patch",
+               summary="per-image content of k small rectangles, placed by saliency (Eykholt et al. 2018)"),
 ]}
 # fmt: on
 

@@ -16,6 +16,7 @@ from squiggles.cli import (
     demo_cmd,
     evaluate_cmd,
     experiment_cmd,
+    patch_cmd,
     report_cmd,
     train_cmd,
     zoo_cmd,
@@ -23,7 +24,9 @@ from squiggles.cli import (
 from squiggles.cli.common import Parser
 from squiggles.errors import SquigglesError
 
-COMMANDS = (train_cmd, attack_cmd, evaluate_cmd, data_cmd, zoo_cmd, demo_cmd, experiment_cmd, report_cmd)
+COMMANDS = (
+    train_cmd, attack_cmd, evaluate_cmd, patch_cmd, data_cmd, zoo_cmd, demo_cmd, experiment_cmd, report_cmd,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

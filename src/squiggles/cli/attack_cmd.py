@@ -34,6 +34,8 @@ EXAMPLES = """examples:
       --attack square --eps 0.1 --out adv/mine
   squiggles attack --model mnist-standard --attack hsja --norm l2 --queries 5000 --n 100 --out adv/hsja
       # label-only; also writes curve.png (median norm against queries, beside white-box FMN)
+  squiggles attack --model mnist-standard --attack spatial-grid --max-rotation 30 --max-translation 3 --out adv/turn
+  squiggles attack --model mnist-standard --attack stickers --stickers 4 --sticker-size 3 --out adv/stickers
   squiggles attack --model mnist-linf-0.3 --attack rays --norm linf --eps 0.3 --queries 10000 --out adv/rays
 """
 
@@ -45,6 +47,9 @@ OPTIONS = {
     "loss": "loss",
     "queries": "queries",
     "random_start": "random_start",
+    "k": "k",
+    "rotations": "rotations",
+    "translations": "translations",
 }
 
 
@@ -75,6 +80,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--starts", metavar="FILE",
                    help="label-only attacks: starting images (.npz/.safetensors with x, one per attacked point); "
                    "with --targeted they default to an example of each target class from the dataset")
+    p.add_argument("--max-rotation", type=nonneg_float, default=30.0,
+                   help="spatial attacks: largest rotation either way, in degrees (default 30)")
+    p.add_argument("--max-translation", type=nonneg_float, default=3.0,
+                   help="spatial attacks: largest shift along each axis, in pixels (default 3)")
+    p.add_argument("--rotations", type=positive_int, help="spatial-grid: rotations in the grid (default 31)")
+    p.add_argument("--translations", type=positive_int, help="spatial-grid: shifts per axis (default 5)")
+    p.add_argument("--k", type=positive_int, help="spatial-random: random transforms per point (default 10)")
+    p.add_argument("--stickers", type=positive_int, default=4, help="stickers: how many rectangles (default 4)")
+    p.add_argument("--sticker-size", type=positive_int, default=3,
+                   help="stickers: each rectangle's side in pixels (default 3)")
     p.add_argument(
         "--targeted",
         choices=("random", "next", "least-likely"),
@@ -93,10 +108,15 @@ def run(args: argparse.Namespace) -> int:
     from squiggles._io import ensure_writable_dir
     from squiggles.attacks.registry import get_attack
     from squiggles.runtime import resolve_device
-    from squiggles.threat import make_threat
 
     spec = get_attack(args.attack)
-    if args.norm not in spec.norms:
+    if spec.kind == "spatial" and args.eps is not None:
+        raise SquigglesError(f"--eps is for norm threats; the spatial attack {spec.name!r} takes --max-rotation "
+                             "(degrees) and --max-translation (pixels)")
+    if spec.kind == "patch" and args.eps is not None:
+        raise SquigglesError(f"--eps is for norm threats; {spec.name!r} changes its pixels freely inside the "
+                             "mask: size it with --stickers and --sticker-size")
+    if spec.kind not in ("spatial", "patch") and args.norm not in spec.norms:
         raise SquigglesError(f"attack {spec.name!r} supports --norm {', '.join(spec.norms)}, not {args.norm}")
     eps = _eps(args, spec.kind)
     if args.starts and spec.kind != "decision":
@@ -111,8 +131,8 @@ def run(args: argparse.Namespace) -> int:
         model.to(device)
     data = resolve_data(args)
     starts = _starts(args, data)
+    threat = _threat(args, spec, eps, data)
     out = ensure_writable_dir(out_path)
-    threat = make_threat(args.norm, eps, data.bounds)
     gen = torch.Generator(device=device).manual_seed(args.seed)
     result = _run_batches(spec, model, data, threat, kwargs, args, gen, device, starts)
     warning = one_attack_warning(spec, result.summary(), args)
@@ -120,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     _write_outputs(out, result, data, model, args, card, spec.name, [warning] if warning else [], extra)
     s = result.summary()
     print(
-        f"{spec.name} {args.norm} eps={eps:g}: clean accuracy {s['clean_accuracy']:.4f}, robust accuracy "
+        f"{spec.name} {_threat_label(result.threat)}: clean accuracy {s['clean_accuracy']:.4f}, robust accuracy "
         f"{s['robust_accuracy']:.4f}, success rate {s['success_rate']:.4f} on {s['n']} points -> {out}"
     )
     if warning:
@@ -144,9 +164,34 @@ def one_attack_warning(spec: Any, summary: dict[str, Any], args: argparse.Namesp
             f"gradients fools every gradient attack alike). For a robust accuracy to trust, run: {command}")
 
 
+def _threat(args: argparse.Namespace, spec: Any, eps: float, data: Any) -> Any:
+    """The threat model the flags describe, checked against the data before anything is written."""
+    from squiggles.threat import make_threat
+
+    if spec.kind not in ("spatial", "patch"):
+        return make_threat(args.norm, eps, data.bounds)
+    from squiggles.transforms import Spatial, check_images
+
+    check_images(data.x[:1])
+    if spec.kind == "patch":
+        from squiggles.patches import Patch, Stickers
+
+        Patch(args.sticker_size, args.sticker_size).check_fits(data.x[:1])
+        return Stickers(args.stickers, args.sticker_size, args.sticker_size, data.bounds)
+    return Spatial(args.max_rotation, args.max_translation, data.bounds)
+
+
+def _threat_label(threat: dict[str, Any]) -> str:
+    if threat.get("threat") == "stickers":
+        return f"{threat['count']} stickers of {threat['height']} x {threat['width']} px"
+    if threat.get("threat") == "spatial":
+        return f"rotation +-{threat['max_rotation']:g} deg, translation +-{threat['max_translation']:g} px"
+    return f"{threat['norm']} eps={threat['eps']:g}" if isinstance(threat.get("eps"), float | int) else threat["norm"]
+
+
 def _eps(args: argparse.Namespace, kind: str) -> float:
     if args.eps is None:
-        if kind in ("minimal", "decision"):
+        if kind in ("minimal", "decision", "spatial", "patch"):
             return math.inf
         raise SquigglesError(f"--eps is required for the fixed-budget attack {args.attack!r}")
     return args.eps
@@ -282,6 +327,8 @@ def _write_outputs(
     }
     if result.targets is not None:
         tensors["targets"] = result.targets
+    if result.params is not None:
+        tensors["params"] = result.params  # spatial: degrees, pixels right, down; stickers: corner rows, columns
     write_safetensors(out / "adversarial.safetensors", tensors)
     summary = {
         **result.summary(),
@@ -312,7 +359,7 @@ def _write_outputs(
             confidence(predict(model, adv)) if scores else None,
             result.labels[:k].cpu(),
             data.bounds,
-            title=f"{name} {args.norm} eps={result.threat['eps']}",
+            title=f"{name} {_threat_label(result.threat)}",
         )
         summary["files"].append("examples.png")
     write_json(out / "summary.json", summary)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from squiggles.cli.common import (
     add_common,
@@ -26,6 +27,8 @@ EXAMPLES = """examples:
   squiggles evaluate --model runs/robust --norm linf --eps 0.1 0.2 0.3 0.4 --attacks quick --out eval/curve.json
   squiggles evaluate --model runs/robust --eps 0.3 --attacks apgd-ce,square --out eval/custom.json
   torchrun --nproc_per_node=2 -m squiggles evaluate --model runs/robust --eps 0.3 --out eval/sharded.json
+  squiggles evaluate --model mnist-standard --threat spatial --n 1000 --out eval/spatial.json
+      # rotations within +-30 degrees and shifts within +-3 px: grid, worst-of-10, first-order
   squiggles evaluate --model mypkg.endpoint:make --access labels --queries 10000 --norm linf --eps 0.3 \
       --n 200 --out eval/labels.json      # label-only: RayS (linf) or HSJA (l2), any callable as the model
 """
@@ -40,8 +43,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     add_model_args(p)
     add_data_args(p)
+    p.add_argument("--threat", default="norm", choices=("norm", "spatial"),
+                   help="norm: a --norm ball of radius --eps (default); spatial: rotations and translations")
     p.add_argument("--norm", default="linf", choices=("linf", "l2", "l1"))
-    p.add_argument("--eps", type=nonneg_float, nargs="+", required=True, help="one budget, or several for a curve")
+    p.add_argument("--eps", type=nonneg_float, nargs="+",
+                   help="one budget, or several for a curve (required for --threat norm; for --threat spatial the "
+                   "fraction of the box, default 1)")
+    p.add_argument("--max-rotation", type=nonneg_float, default=30.0,
+                   help="--threat spatial: largest rotation either way, in degrees (default 30)")
+    p.add_argument("--max-translation", type=nonneg_float, default=3.0,
+                   help="--threat spatial: largest shift along each axis, in pixels (default 3)")
     p.add_argument(
         "--attacks",
         default="standard",
@@ -78,7 +89,15 @@ def run(args: argparse.Namespace) -> int:
         raise SquigglesError(f"--out {args.out!r}: give a .json file name for the results")
     from squiggles.evaluation.ensembles import resolve_stages
 
-    resolve_stages(args.attacks, args.access, args.norm, args.queries)  # a bad combination fails before any write
+    if args.eps is None:
+        if args.threat == "norm":
+            raise SquigglesError("--eps is required for --threat norm (one budget, or several for a curve)")
+        args.eps = [1.0]
+    if args.threat == "spatial":
+        from squiggles.transforms import Spatial
+
+        Spatial(args.max_rotation, args.max_translation, eps=max(args.eps))  # bad bounds fail before any write
+    resolve_stages(args.attacks, args.access, _norm(args), args.queries)  # a bad combination fails before any write
     ensure_writable_dir(out.parent)
     if out.exists() and not args.overwrite:
         raise SquigglesError(f"{out} already exists; use --overwrite or another --out")
@@ -96,14 +115,12 @@ def _evaluate_and_write(args: argparse.Namespace, out: Path, rank: int | None) -
     from squiggles.evaluation import evaluate
     from squiggles.report.figures import eps_curve
     from squiggles.runtime import resolve_device
-    from squiggles.threat import make_threat
-
     device = resolve_device(rank_device(args.device))
     model, card = resolve_model(args, any_callable=args.access == "labels")
     if isinstance(model, torch.nn.Module):
         model.to(device)
     data = resolve_data(args)
-    threat = make_threat(args.norm, args.eps[0], data.bounds)
+    threat = _threat(args, data)
     state = Path(args.state) if args.state else out.with_suffix(".state.safetensors")
     result = evaluate(
         model,
@@ -128,7 +145,7 @@ def _evaluate_and_write(args: argparse.Namespace, out: Path, rank: int | None) -
         plot = eps_curve(
             out.with_suffix(".curve.png"),
             {Path(args.model).name: (result.eps, [c["robust_accuracy"] for c in result.curve()])},
-            args.norm,
+            _norm(args),
         )
         report["files"] = [plot.name]
     write_json(out, report)
@@ -137,3 +154,18 @@ def _evaluate_and_write(args: argparse.Namespace, out: Path, rank: int | None) -
     print(result.table())
     say(args, f"results in {out}")
     return 0
+
+
+def _norm(args: argparse.Namespace) -> str:
+    return "spatial" if args.threat == "spatial" else args.norm
+
+
+def _threat(args: argparse.Namespace, data: Any) -> Any:
+    if args.threat == "spatial":
+        from squiggles.transforms import Spatial, check_images
+
+        check_images(data.x[:1])
+        return Spatial(args.max_rotation, args.max_translation, data.bounds, eps=args.eps[0])
+    from squiggles.threat import make_threat
+
+    return make_threat(args.norm, args.eps[0], data.bounds)

@@ -17,6 +17,7 @@ EXAMPLES = """examples:
   squiggles train --model madry-cnn --dataset mnist --epochs 4 --out runs/madry --resume
   squiggles train --model small-cnn --method fgsm-rs --eps 0.3 --epochs 10 --out runs/fast    # guarded
   squiggles train --model small-cnn --method trades --eps 0.3 --precision bf16 --ema 0.999 --epochs 15 --out runs/trades
+  squiggles train --model madry-cnn --method spatial --max-rotation 30 --max-translation 3 --out runs/spatial
   torchrun --nproc_per_node=2 -m squiggles train --model small-cnn --method pgd --eps 0.3 --out runs/ddp
 """
 
@@ -59,7 +60,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--attack-steps", type=positive_int, help="pgd / trades: attack steps per batch (default 10)")
     p.add_argument("--attack-step-size", type=positive_float, help="attack step size (default 2.5 eps / steps)")
     p.add_argument("--beta", type=nonneg_float, help="trades: weight of the KL term (default 6)")
-    p.add_argument("--warmup", type=nonneg_float, help="ramp eps up over this fraction of training")
+    p.add_argument("--warmup", type=nonneg_float, help="ramp eps (or the spatial box) up over this share of training")
+    p.add_argument("--max-rotation", type=nonneg_float,
+                   help="spatial / spatial-augment: largest rotation either way, in degrees (default 30)")
+    p.add_argument("--max-translation", type=nonneg_float,
+                   help="spatial / spatial-augment: largest shift along each axis, in pixels (default 3)")
+    p.add_argument("--worst-of", type=positive_int, help="spatial: random transforms per example (default 10)")
     p.add_argument("--epochs", type=positive_int, help="default: the model's recipe (squiggles.train.recipes), else 1")
     p.add_argument("--batch-size", type=positive_int, help="default: the model's recipe, else 128")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
@@ -200,6 +206,9 @@ METHOD_FLAGS = {
     "attack_step_size": "step_size",
     "beta": "beta",
     "warmup": "warmup",
+    "max_rotation": "max_rotation",
+    "max_translation": "max_translation",
+    "worst_of": "k",
 }
 
 

@@ -71,11 +71,16 @@ def evaluate(
     budgets = _budgets(threat, eps)
     check_access(access)
     stages = resolve_stages(attacks if not isinstance(attacks, list) else tuple(attacks), access, threat.name, queries)
-    checks = checks and access == "gradients"
+    spatial = threat.name == "spatial"
+    checks = checks and access == "gradients" and not spatial  # the checks and remedies are the norm balls'
     if batch_size < 1:
         raise SquigglesError(f"batch_size must be >= 1, got {batch_size}")
     dev = torch.device(device) if device is not None else _device_of(model, x)
     x = check_inputs(x, threat)
+    if spatial:
+        from squiggles.transforms import check_images
+
+        check_images(x)
     reuse = _reuse_minimal(reuse_minimal, budgets, threat, access)
     config = {"attacks": [s.describe() for s in stages], "eps": budgets, "n": len(x), "batch_size": batch_size,
               "seed": seed, "reuse_minimal": reuse, "threat": threat.describe(),

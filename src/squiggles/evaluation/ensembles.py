@@ -46,6 +46,14 @@ ENSEMBLES: dict[str, tuple[Stage, ...]] = {
     ),
 }
 
+# Rotations and translations (Engstrom et al. 2019, arXiv 1712.02779): the exhaustive grid first (31 x 5 x 5),
+# then the worst of 10 random transforms and the first-order attack, which reach the points between grid points.
+SPATIAL: tuple[Stage, ...] = (
+    Stage("spatial-grid", {}, "grid"),
+    Stage("spatial-random", {"k": 10}, "worst-of-10"),
+    Stage("spatial-fo", {"steps": 50}, "first-order"),
+)
+
 
 # What each access level lets the cascade use (squiggles.access): label-only attacks run at every level.
 _ALLOWED = {"gradients": ("gradients", "scores", "labels"), "scores": ("scores", "labels"), "labels": ("labels",)}
@@ -73,7 +81,9 @@ def resolve_stages(attacks: str | list[str] | tuple[Stage, ...], access: str = "
     """
     from squiggles.attacks.registry import get_attack
 
-    if access != "gradients" and attacks in ("standard", access):
+    if norm == "spatial" and attacks in ("standard", "quick", "spatial"):
+        stages = SPATIAL
+    elif access != "gradients" and attacks in ("standard", access):
         stages = access_stages(access, norm)
     elif isinstance(attacks, str) and attacks in ENSEMBLES:
         stages = ENSEMBLES[attacks]
@@ -91,10 +101,16 @@ def resolve_stages(attacks: str | list[str] | tuple[Stage, ...], access: str = "
                 f"--access {access}: attack {stage.attack!r} needs {spec.access}, which this access level does not "
                 f"give; use {'rays (linf) or hsja (l2)' if access == 'labels' else 'square'}, or --access gradients")
         if norm not in spec.norms:
-            raise SquigglesError(f"attack {stage.attack!r} supports --norm {', '.join(spec.norms)}, not {norm}")
+            what = "--threat spatial" if norm == "spatial" else f"--norm {norm}"
+            raise SquigglesError(f"attack {stage.attack!r} does not run under {what}; it takes "
+                                 f"{' or '.join(_threat_flag(n) for n in spec.norms)}")
     if queries is not None:
         stages = _with_queries(stages, queries)
     return stages
+
+
+def _threat_flag(norm: str) -> str:
+    return "--threat spatial" if norm == "spatial" else f"--norm {norm}"
 
 
 def _with_queries(stages: tuple[Stage, ...], queries: int) -> tuple[Stage, ...]:

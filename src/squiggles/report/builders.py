@@ -35,6 +35,7 @@ BUILDERS: dict[str, str] = {
     "attack": "squiggles.report.builders:attack_sections",
     "experiment": "squiggles.report.builders:experiment_sections",
     "demo": "squiggles.demo.report:sections",
+    "patch": "squiggles.report.builders:patch_sections",
 }
 
 NAMED = ("results.json", "summary.json", "card.json")
@@ -187,6 +188,8 @@ def _eval_headline(data: dict[str, Any]) -> dict[str, Any]:
         "split": data.get("split"),
         "points": data.get("n"),
         "norm": threat.get("norm"),
+        "box": (f"rotation +-{threat.get('max_rotation')} deg, translation +-{threat.get('max_translation')} px"
+                if threat.get("threat") == "spatial" else None),
         "eps": data.get("eps"),
         "attacks": attacks,
         "clean_accuracy": data.get("clean_accuracy"),
@@ -231,6 +234,19 @@ def attack_sections(data: dict[str, Any], folder: Path) -> list[Section]:
         section.figures += more
         notes += extra
     section.paragraphs += notes
+    section.cards = _cards(data.get("model_card"))
+    return [section]
+
+
+def patch_sections(data: dict[str, Any], folder: Path) -> list[Section]:
+    """``squiggles patch`` summary: the success rate and settings, the training curve, the patch and test images
+    wearing it."""
+    section = Section(f"Universal patch to class {data.get('target')} on {data.get('model', 'a model')}")
+    section.tables.append(key_value_table(data, "Summary", skip={"model_card", "files", "kind", "history"}))
+    history = records_table(data.get("history"), "Success on the training batches against optimisation steps")
+    section.tables += [history] if history else []
+    section.figures, section.paragraphs = _figures(folder, _images(data.get("files")),
+                                                   "The patch, and held-out images wearing it")
     section.cards = _cards(data.get("model_card"))
     return [section]
 

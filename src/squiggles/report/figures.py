@@ -119,3 +119,26 @@ def query_curve(path: Path, curves: dict[str, tuple[list[int], list[float | None
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def patch_figure(path: Path, content: Tensor, worn: Tensor, pred: Tensor, target: int,
+                 bounds: tuple[float, float] = (0.0, 1.0), title: str = "", count: int = 8) -> Path:
+    """The patch itself, then test images wearing it with the labels the model gave them (red: the target)."""
+    plt = pyplot()
+    n = min(count, len(worn))
+    fig, axes = plt.subplots(1, n + 1, figsize=(1.4 * (n + 1), 1.8), squeeze=False)
+    axes[0, 0].imshow(as_image(content, bounds), cmap="gray", vmin=0, vmax=1)
+    axes[0, 0].set_title("the patch", fontsize=8)
+    for i in range(n):
+        ax = axes[0, i + 1]
+        ax.imshow(as_image(worn[i], bounds), cmap="gray", vmin=0, vmax=1)
+        hit = int(pred[i]) == target
+        ax.set_title(f"pred {int(pred[i])}", fontsize=8, color="crimson" if hit else "black")
+    for ax in axes[0]:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

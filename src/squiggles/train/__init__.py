@@ -1,6 +1,7 @@
 """Training: one loop (`fit`), pluggable methods (`METHODS`), and `train_model` from recipe to saved model."""
 
-from squiggles.train import adversarial  # noqa: E402,F401  (registers pgd, fgsm-rs and trades in METHODS)
+# Importing these registers their methods in METHODS: pgd, fgsm-rs, trades; spatial, spatial-augment.
+from squiggles.train import adversarial, spatial  # noqa: E402,F401
 from squiggles.train.loop import EpochStats, TrainConfig, TrainResult, fit
 from squiggles.train.methods import METHODS, StepContext, make_method
 from squiggles.train.run import train_model

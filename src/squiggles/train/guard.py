@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from squiggles.errors import SquigglesError
 from squiggles.evaluation.ensembles import Stage
-from squiggles.threat import ThreatModel, make_threat
+from squiggles.threat import ThreatModel
 
 # A cheap but targeted ensemble: the untargeted and the targeted loss together catch masking that CE alone misses.
 GUARD_STAGES = (
@@ -38,7 +38,13 @@ FEW_CLASS_STAGES = (
 )
 
 
-def guard_stages(num_classes: int) -> tuple[Stage, ...]:
+# Rotations and translations: the worst of 10 random transforms, the adversary the spatial method trains on.
+SPATIAL_GUARD_STAGES = (Stage("spatial-random", {"k": 10}, "worst-of-10"),)
+
+
+def guard_stages(num_classes: int, threat: Any = None) -> tuple[Stage, ...]:
+    if threat is not None and threat.name == "spatial":
+        return SPATIAL_GUARD_STAGES
     return GUARD_STAGES if num_classes >= 4 else FEW_CLASS_STAGES
 
 
@@ -107,17 +113,17 @@ class Guard:
         bounds: tuple[float, float],
     ) -> Guard | None:
         """The guard for a training method, or None where it does not apply (standard training, eps 0, off)."""
-        from squiggles.train.methods import method_defaults
+        from squiggles.train.methods import method_threat
 
         if method == "standard" or (config is not None and not config.enabled):
             return None
-        opts = method_defaults(method) | method_options
-        if not opts.get("eps"):
+        threat = method_threat(method, method_options, bounds)
+        if threat is None:
             return None
         config = config or GuardConfig()
         gx, gy = guard_subset(x, y, config.n)
         num_classes = int(y.max().item()) + 1 if len(y) else 0
-        return cls(config, gx, gy, make_threat(opts["norm"], opts["eps"], bounds), guard_stages(num_classes))
+        return cls(config, gx, gy, threat, guard_stages(num_classes, threat))
 
     def check(self, model: nn.Module, epoch: int, log: Callable[[str], None]) -> bool:
         """Measure robust accuracy after ``epoch``; on collapse, record it, lower the step and return False

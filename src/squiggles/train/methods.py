@@ -54,6 +54,8 @@ def make_standard(**options: Any) -> TrainMethod:
 
 
 METHODS: dict[str, Callable[..., TrainMethod]] = {"standard": make_standard}
+# Methods whose threat is not a norm ball: how to build it from the method's options and the input bounds.
+THREATS_OF: dict[str, Callable[[dict[str, Any], tuple[float, float]], Any]] = {}
 
 
 def make_method(name: str, **options: Any) -> TrainMethod:
@@ -67,3 +69,16 @@ def method_defaults(name: str) -> dict[str, Any]:
     """A method's default options: what a recipe means where it says nothing (e.g. eps and norm)."""
     params = inspect.signature(METHODS[name]).parameters
     return {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
+
+
+def method_threat(method: str, options: dict[str, Any], bounds: tuple[float, float]) -> Any:
+    """The threat model a method trains against (what the collapse guard and the final evaluation measure), or
+    None where it has none (standard training, eps 0)."""
+    from squiggles.threat import make_threat
+
+    opts = method_defaults(method) | options
+    if method in THREATS_OF:
+        return THREATS_OF[method](opts, bounds)
+    if method == "standard" or not opts.get("eps"):
+        return None
+    return make_threat(opts["norm"], opts["eps"], bounds)

@@ -172,9 +172,12 @@ def robust_metrics(
     """Robust accuracy by the evaluation cascade on the first ``n`` held-out test points, for the card."""
     from squiggles.evaluation import evaluate
     from squiggles.threat import make_threat
+    from squiggles.train.methods import method_threat
 
     opts = {**method_defaults(config.method), **config.method_options}
-    threat = make_threat(opts.get("norm", "linf"), opts.get("eps", 0.3), bounds)
+    threat = method_threat(config.method, config.method_options, bounds)
+    if threat is None:  # standard training: the card reports the usual Linf question
+        threat = make_threat(opts.get("norm", "linf"), opts.get("eps", 0.3), bounds)
     n = min(n, len(test))
     log(f"final evaluation: {ensemble} cascade at {threat} on the first {n} test points")
     res = evaluate(
