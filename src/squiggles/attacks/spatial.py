@@ -60,7 +60,8 @@ def spatial_grid(
     meets the goal (largest transforms first), else the one with the highest margin loss.
 
     ``early_stop=False`` evaluates the whole grid for every example (the transform then is the one of highest
-    margin among all). Rows per model call: ``max_batch`` (default 128 on a CPU, 8,192 on a GPU)."""
+    margin among all). Each model call holds as many transforms of every active example as fit in ``max_batch``
+    rows (default 128 on a CPU, 8,192 on a GPU), and at least one."""
 
     def core(oracle: Oracle, x: Tensor, goal: ResolvedGoal, threat: Spatial, gen: torch.Generator) -> Tensor:
         grid = _largest_first(threat.grid(rotations, translations, like=x), threat)
