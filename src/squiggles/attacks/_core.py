@@ -154,6 +154,16 @@ def run_attack(
         goal = resolve_goal(goal_in, clean_logits)
         out = core(oracle, x, goal, threat, generator) if len(x) else x.clone()
         x_adv, logits = finalize(oracle, x, out, threat)
+    return make_result(name, x_adv, logits, clean_logits, goal, oracle, threat.norm(x_adv - x), threat.describe(),
+                       seed_record, config, start)
+
+
+def make_result(
+    name: str, x_adv: Tensor, logits: Tensor, clean_logits: Tensor, goal: ResolvedGoal, oracle: Oracle,
+    norms: Tensor, threat: dict[str, Any], seed: int | None, config: dict[str, Any], start: float,
+    params: Tensor | None = None,
+) -> AttackResult:
+    """The `AttackResult` of an attack whose ``logits`` come from a forward pass on exactly ``x_adv``."""
     return AttackResult(
         attack=name,
         x_adv=x_adv,
@@ -161,16 +171,17 @@ def run_attack(
         pred=logits.argmax(1),
         labels=goal.labels,
         clean_correct=clean_logits.argmax(1) == goal.labels,
-        norms=threat.norm(x_adv - x),
+        norms=norms,
         queries=oracle.queries,
         forwards=oracle.forwards,
         backwards=oracle.backwards,
-        threat=threat.describe(),
-        seed=seed_record,
+        threat=threat,
+        seed=seed,
         config=config,
         targets=goal.targets,
         labels_source=goal.labels_source,
         wall_time_s=time.perf_counter() - start,
+        params=params,
     )
 
 

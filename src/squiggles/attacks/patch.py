@@ -30,7 +30,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from squiggles.attacks._core import Oracle, Seed, attack_mode, check_inputs, check_logits, make_generator
+from squiggles.attacks._core import (
+    Oracle,
+    Seed,
+    attack_mode,
+    check_inputs,
+    check_logits,
+    make_generator,
+    make_result,
+)
 from squiggles.errors import SquigglesError
 from squiggles.goals import GoalLike, ResolvedGoal, as_goal, resolve_goal
 from squiggles.losses import margin
@@ -190,14 +198,9 @@ def stickers(
         mask = threat.mask(x, rows.to(x.device), cols.to(x.device))
         x_adv = _sticker_search(oracle, x, goal, mask, steps, step_size, gen, (lo, hi)) if len(x) else x
         logits = oracle.logits(x_adv)
-    return AttackResult(
-        attack="stickers", x_adv=x_adv, success=goal.success(logits), pred=logits.argmax(1), labels=goal.labels,
-        clean_correct=clean_logits.argmax(1) == goal.labels, norms=mask.flatten(1).mean(1),
-        queries=oracle.queries, forwards=oracle.forwards, backwards=oracle.backwards,
-        threat=threat.describe(), seed=seed_record, config={"steps": steps, "step_size": step_size},
-        targets=goal.targets, labels_source=goal.labels_source, wall_time_s=time.perf_counter() - start,
-        params=torch.cat([rows, cols], 1).to(x.dtype),
-    )
+    config = {"steps": steps, "step_size": step_size}
+    return make_result("stickers", x_adv, logits, clean_logits, goal, oracle, mask.flatten(1).mean(1),
+                       threat.describe(), seed_record, config, start, params=torch.cat([rows, cols], 1).to(x.dtype))
 
 
 def _sticker_search(oracle: Oracle, x: Tensor, goal: ResolvedGoal, mask: Tensor, steps: int, step_size: float,
@@ -208,7 +211,7 @@ def _sticker_search(oracle: Oracle, x: Tensor, goal: ResolvedGoal, mask: Tensor,
     best, best_value = x.clone(), torch.full((len(x),), -torch.inf, dtype=x.dtype, device=x.device)
     act = torch.arange(len(x), device=x.device)
     for _ in range(steps + 1):
-        values, grad = _margin_grad(oracle, z[act], goal.subset(act), act)
+        values, grad, _ = oracle.loss_grad(z[act], margin, goal.subset(act), act)
         better = values > best_value[act]
         best[act[better]], best_value[act[better]] = z[act][better], values[better]
         live = best_value[act] <= 0
@@ -217,11 +220,6 @@ def _sticker_search(oracle: Oracle, x: Tensor, goal: ResolvedGoal, mask: Tensor,
             break
         z[act] = (z[act] + step_size * (hi - lo) * grad[live].sign() * mask[act]).clamp(lo, hi)
     return best
-
-
-def _margin_grad(oracle: Oracle, x: Tensor, goal: ResolvedGoal, idx: Tensor) -> tuple[Tensor, Tensor]:
-    values, grad, _ = oracle.loss_grad(x, margin, goal, idx)
-    return values, grad
 
 
 def salient_corners(oracle: Oracle, x: Tensor, goal: ResolvedGoal, threat: Stickers) -> tuple[Tensor, Tensor]:

@@ -31,7 +31,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from squiggles.attacks._core import Oracle, Seed, attack_mode, check_inputs, check_logits, make_generator
+from squiggles.attacks._core import (
+    Oracle,
+    Seed,
+    attack_mode,
+    check_inputs,
+    check_logits,
+    make_generator,
+    make_result,
+)
 from squiggles.attacks._decision import call_rows
 from squiggles.errors import SquigglesError
 from squiggles.goals import GoalLike, ResolvedGoal, as_goal, resolve_goal
@@ -177,25 +185,8 @@ def run_spatial_attack(
         params = threat.project(params.detach())
         x_adv = threat.apply(x, params).clamp(*threat.bounds)
         logits = oracle.logits(x_adv)
-    return AttackResult(
-        attack=name,
-        x_adv=x_adv,
-        success=goal.success(logits),
-        pred=logits.argmax(1),
-        labels=goal.labels,
-        clean_correct=clean_logits.argmax(1) == goal.labels,
-        norms=parameter_size(params, threat),
-        queries=oracle.queries,
-        forwards=oracle.forwards,
-        backwards=oracle.backwards,
-        threat=threat.describe(),
-        seed=seed_record,
-        config=config,
-        targets=goal.targets,
-        labels_source=goal.labels_source,
-        wall_time_s=time.perf_counter() - start,
-        params=params,
-    )
+    return make_result(name, x_adv, logits, clean_logits, goal, oracle, parameter_size(params, threat),
+                       threat.describe(), seed_record, config, start, params=params)
 
 
 def parameter_size(params: Tensor, threat: Spatial) -> Tensor:

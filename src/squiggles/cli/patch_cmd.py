@@ -65,7 +65,6 @@ def run_train(args: argparse.Namespace) -> int:
 
     from squiggles._io import ensure_writable_dir
     from squiggles.attacks.patch import patch_success, universal_patch
-    from squiggles.data import load_dataset
     from squiggles.patches import Patch
     from squiggles.runtime import resolve_device
     from squiggles.transforms import check_images
@@ -80,7 +79,7 @@ def run_train(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     if isinstance(model, torch.nn.Module):
         model.to(device)
-    test = _held_out(args, load_dataset)
+    test = _held_out(args)
     out = ensure_writable_dir(out)
     trained = universal_patch(model, data.x.to(device), data.y.to(device), args.target, patch, steps=args.steps,
                               batch_size=args.batch_size, lr=args.lr, max_rotation=args.max_rotation,
@@ -143,9 +142,9 @@ def _fresh(out: Path, overwrite: bool) -> Path:
     return out
 
 
-def _held_out(args: argparse.Namespace, load_dataset: Any) -> Any:
+def _held_out(args: argparse.Namespace) -> Any:
     """The held-out images the patch is measured on: ``--test-data``, else the built-in dataset's test split."""
-    from squiggles.data import DATASETS, load_tensors
+    from squiggles.data import DATASETS, load_dataset, load_tensors
 
     if args.test_data:
         test = load_tensors(args.test_data)
