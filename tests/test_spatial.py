@@ -24,8 +24,11 @@ def _cnn(size: int = 12, classes: int = 4) -> nn.Module:
 
 # --- the transform -----------------------------------------------------------------------------------
 def test_zero_parameters_are_exactly_the_identity():
-    s, x = Spatial(), _images()
-    assert torch.allclose(s.apply(x, s.identity(x)), x, atol=1e-6)
+    s, x = Spatial(), torch.rand(5, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(s.apply(x, s.identity(x)), x)
+    params = s.identity(x).requires_grad_(True)
+    (grad,) = torch.autograd.grad(s.apply(x, params).square().sum(), params)
+    assert grad.abs().sum() > 0, "the parameters keep their gradient at the identity"
 
 
 def test_rotation_by_90_degrees_matches_rot90_and_minus_90_the_other_way():
@@ -182,8 +185,20 @@ def test_targeted_grid_ends_in_the_target_when_it_succeeds():
     assert torch.equal(res.success, res.pred == targets) and res.success.any()
 
 
+def test_grid_draws_come_from_the_grid_and_uniform_ones_fill_the_box():
+    model, x, s = _cnn(), _images(64), Spatial(30, 3)
+    grid = s.grid()
+    on_grid = spatial_random(model, x, None, s, k=3, draw="grid", seed=1).params
+    assert ((on_grid[:, None, :] - grid[None]).abs().amax(2) < 1e-5).any(1).all(), "every draw is a grid point"
+    uniform = spatial_random(model, x, None, s, k=3, seed=1).params
+    assert not ((uniform[:, None, :] - grid[None]).abs().amax(2) < 1e-5).any(1).all()
+    assert (uniform.abs() <= torch.tensor([30.0, 3.0, 3.0])).all()
+
+
 def test_bad_attack_options_are_refused():
     model, x = _cnn(), _images(2)
+    with pytest.raises(SquigglesError, match="draw must be one of uniform, grid"):
+        spatial_random(model, x, None, Spatial(), draw="edges")
     with pytest.raises(SquigglesError, match="k .* must be an integer >= 1"):
         spatial_random(model, x, None, Spatial(), k=0)
     with pytest.raises(SquigglesError, match="rotations .* must be an integer >= 1"):

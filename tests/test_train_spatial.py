@@ -79,6 +79,18 @@ def test_bad_spatial_method_options():
         make_spatial(max_rotation=270)
     with pytest.raises(SquigglesError, match="warmup"):
         make_spatial_augment(warmup=1.5)
+    with pytest.raises(SquigglesError, match="draw .* must be one of uniform, grid"):
+        make_spatial(draw="corners")
+
+
+def test_grid_draws_train_on_a_grid_transform():
+    x, y = _data()
+    net = _cnn().train()
+    _, _, seen = _seen(net, make_spatial(k=4, max_rotation=20, max_translation=1, draw="grid"), x, y, _ctx())
+    s = Spatial(20, 1)
+    moved = s.apply(x.repeat(len(s.grid()), 1, 1, 1), s.grid().repeat_interleave(len(x), 0)).view(-1, *x.shape)
+    hits = (moved - seen[-1][None]).abs().flatten(2).amax(2) < 1e-5  # transforms x examples
+    assert hits.any(0).all(), "every training image is its clean image under one of the grid's transforms"
 
 
 def test_spatial_training_through_the_loop_is_guarded_resumable_and_reproducible(tmp_path):

@@ -10,7 +10,7 @@ universal patch (arXiv 1712.09665).
 Example:
     >>> import torch
     >>> from squiggles.patches import Patch
-    >>> p = Patch.from_area(0.08, (28, 28))   # an 8 x 8 square: 8.2% of a 28 x 28 image
+    >>> p = Patch.from_area(0.1, (28, 28))   # the largest square within 10%: 8 x 8, 8.2% of the image
     >>> (p.height, p.width)
     (8, 8)
     >>> x = torch.zeros(2, 1, 28, 28)
@@ -134,6 +134,36 @@ def transformed(content: Tensor, n: int, generator: torch.Generator | None, max_
     both = F.grid_sample(torch.cat([batch, ones], 1), grid, mode="bilinear", padding_mode="zeros",
                          align_corners=False)
     return both[:, :c], both[:, c:]
+
+
+@dataclass(frozen=True)
+class PatchArea:
+    """The per-image patch threat of the evaluation: one square patch covering at most ``eps`` (a fraction) of
+    the image, anywhere in it, its content anywhere in ``bounds``. ``eps`` sweeps like a norm's budget."""
+
+    eps: float = 0.04
+    bounds: Bounds = (0.0, 1.0)
+    name: ClassVar[str] = "patch"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.eps, Tensor) or not 0 <= self.eps <= 1:
+            raise SquigglesError(f"--patch-area is a fraction of the image in [0, 1], got {self.eps}")
+        if not self.bounds[0] < self.bounds[1]:
+            raise SquigglesError(f"bounds must satisfy low < high, got {self.bounds}")
+
+    def with_eps(self, eps: float) -> PatchArea:
+        return PatchArea(float(eps), self.bounds)
+
+    def patch_for(self, x: Tensor) -> Patch | None:
+        """The largest square within the area on these images; None when it is under one pixel."""
+        check_images(x)
+        h, w = x.shape[-2:]
+        if math.floor(math.sqrt(self.eps * h * w) + 1e-9) < 1:
+            return None
+        return Patch.from_area(self.eps, (h, w), self.bounds)
+
+    def describe(self) -> dict[str, object]:
+        return {"threat": "patch", "norm": "patch", "eps": self.eps, "bounds": list(self.bounds)}
 
 
 @dataclass(frozen=True)

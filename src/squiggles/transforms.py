@@ -140,7 +140,11 @@ class Spatial:
                                  f"got {tuple(params.shape)}")
         theta = _affine(params.to(x.dtype), x.shape[-2], x.shape[-1])
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-        return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        # Sampling at the pixel centres is the identity only up to float round-off (~1e-6): make zero
+        # parameters return the image exactly, keeping the sampled path's gradient in the parameters.
+        still = (params == 0).all(1).view(-1, *([1] * (x.dim() - 1)))
+        return torch.where(still, x.detach() + (out - out.detach()), out)
 
     def describe(self) -> dict[str, object]:
         return {"threat": "spatial", "norm": "spatial", "max_rotation": self.max_rotation,

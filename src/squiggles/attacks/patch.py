@@ -42,7 +42,7 @@ from squiggles.attacks._core import (
 from squiggles.errors import SquigglesError
 from squiggles.goals import GoalLike, ResolvedGoal, as_goal, resolve_goal
 from squiggles.losses import margin
-from squiggles.patches import Patch, Stickers, transformed
+from squiggles.patches import Patch, PatchArea, Stickers, transformed
 from squiggles.results import AttackResult
 from squiggles.runtime import fast_layout
 
@@ -162,7 +162,7 @@ def _check_patch_options(steps: int, batch_size: int, lr: float, target: int, ma
                              f"{max_rotation} and {scale}")
 
 
-# --- stickers --------------------------------------------------------------------------------------------
+# --- stickers and the per-image patch ---------------------------------------------------------------------
 def stickers(
     model: Callable[[Tensor], Tensor],
     x: Tensor,
@@ -173,45 +173,147 @@ def stickers(
     cols: Tensor | None = None,
     steps: int = 100,
     step_size: float = 0.1,
+    restarts: int = 1,
+    placement: str = "saliency",
     seed: Seed = 0,
 ) -> AttackResult:
     """Per image, the content of ``threat.count`` rectangles by signed-gradient ascent of the margin loss inside
     the mask (any value in the bounds there; nothing else changes), from random content, keeping the best
-    iterate and stopping an image once it meets the goal. ``rows``/``cols`` (N x count top-left corners) place
-    the stickers; by default they go where the gradient of the loss at the clean image is largest."""
+    iterate and stopping an image once it meets the goal.
+
+    Placement: ``rows``/``cols`` (N x count top-left corners) when given; else ``placement="saliency"`` puts the
+    first try where the gradient of the loss at the clean image is largest, and ``"random"`` draws it. Each of the
+    ``restarts - 1`` further tries attacks the images not yet broken at freshly drawn random positions.
+    """
     start = time.perf_counter()
     if not isinstance(threat, Stickers):
         raise SquigglesError(f"stickers needs a squiggles.patches.Stickers threat, got {type(threat).__name__}")
-    if steps < 0 or not step_size > 0:
-        raise SquigglesError(f"steps must be >= 0 and step_size > 0, got {steps} and {step_size}")
+    _check_sticker_options(steps, step_size, restarts, placement)
     x = check_inputs(x, threat)  # type: ignore[arg-type]
     Patch(threat.height, threat.width).check_fits(x)
     gen, seed_record = make_generator(seed, x.device)
-    lo, hi = threat.bounds
     with attack_mode(model), fast_layout(model, x):
         oracle = Oracle(model, len(x), x.device)
         clean_logits = oracle.logits(x)
         check_logits(clean_logits, len(x))
         goal = resolve_goal(as_goal(y_or_goal), clean_logits)
-        if rows is None or cols is None:
-            rows, cols = salient_corners(oracle, x, goal, threat)
-        mask = threat.mask(x, rows.to(x.device), cols.to(x.device))
-        x_adv = _sticker_search(oracle, x, goal, mask, steps, step_size, gen, (lo, hi)) if len(x) else x
+        given = None if rows is None or cols is None else (rows.to(x.device), cols.to(x.device))
+        x_adv, corners = _tries(oracle, x, goal, threat, given, placement, restarts, steps, step_size, gen)
         logits = oracle.logits(x_adv)
-    config = {"steps": steps, "step_size": step_size}
-    return make_result("stickers", x_adv, logits, clean_logits, goal, oracle, mask.flatten(1).mean(1),
-                       threat.describe(), seed_record, config, start, params=torch.cat([rows, cols], 1).to(x.dtype))
+    config = {"steps": steps, "step_size": step_size, "restarts": restarts,
+              "placement": "given" if given else placement}
+    area = threat.mask(x, corners[:, : threat.count], corners[:, threat.count :]).flatten(1).mean(1)
+    return make_result("stickers", x_adv, logits, clean_logits, goal, oracle, area, threat.describe(),
+                       seed_record, config, start, params=corners.to(x.dtype))
+
+
+def patch_attack(
+    model: Callable[[Tensor], Tensor],
+    x: Tensor,
+    y_or_goal: GoalLike,
+    threat: PatchArea,
+    *,
+    steps: int = 100,
+    step_size: float = 0.1,
+    restarts: int = 1,
+    placement: str = "saliency",
+    seed: Seed = 0,
+) -> AttackResult:
+    """Per image, one square patch covering at most ``threat.eps`` of the image, placed by saliency or at random
+    (``restarts`` tries, the later ones at random positions) with its content optimised as `stickers` does:
+    the worst case a patch of that area can do to each image (the threat of ``evaluate --threat patch``).
+
+    Example:
+        >>> import torch
+        >>> from squiggles.patches import PatchArea
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(100, 3))
+        >>> x = torch.rand(4, 1, 10, 10)
+        >>> res = patch_attack(model, x, None, PatchArea(0.09), steps=5)   # a 3 x 3 patch: 9% of 10 x 10
+        >>> bool(((res.x_adv != x).flatten(1).sum(1) <= 9).all()), tuple(res.params.shape)
+        (True, (4, 2))
+    """
+    if not isinstance(threat, PatchArea):
+        raise SquigglesError(f"patch needs a squiggles.patches.PatchArea threat, got {type(threat).__name__}")
+    _check_sticker_options(steps, step_size, restarts, placement)
+    x = check_inputs(x, threat)  # type: ignore[arg-type]
+    patch = threat.patch_for(x)
+    if patch is None:
+        return _unchanged(model, x, y_or_goal, threat, seed)
+    res = stickers(model, x, y_or_goal, Stickers(1, patch.height, patch.width, threat.bounds), steps=steps,
+                   step_size=step_size, restarts=restarts, placement=placement, seed=seed)
+    res.attack, res.threat = "patch", threat.describe()
+    return res
+
+
+def _unchanged(model: Callable[[Tensor], Tensor], x: Tensor, y_or_goal: GoalLike, threat: PatchArea,
+               seed: Seed) -> AttackResult:
+    """A budget under one pixel changes nothing: the clean images are the answer."""
+    start = time.perf_counter()
+    _, seed_record = make_generator(seed, x.device)
+    with attack_mode(model):
+        oracle = Oracle(model, len(x), x.device)
+        logits = oracle.logits(x)
+    check_logits(logits, len(x))
+    goal = resolve_goal(as_goal(y_or_goal), logits)
+    zeros = torch.zeros(len(x), dtype=x.dtype, device=x.device)
+    return make_result("patch", x.clone(), logits, logits, goal, oracle, zeros, threat.describe(), seed_record,
+                       {"steps": 0}, start, params=torch.zeros(len(x), 2, dtype=x.dtype, device=x.device))
+
+
+def _check_sticker_options(steps: int, step_size: float, restarts: int, placement: str) -> None:
+    if steps < 0 or not step_size > 0 or restarts < 1:
+        raise SquigglesError(f"steps must be >= 0, step_size > 0 and restarts >= 1, got {steps}, {step_size} and "
+                             f"{restarts}")
+    if placement not in ("saliency", "random"):
+        raise SquigglesError(f"placement must be 'saliency' or 'random', got {placement!r}")
+
+
+def _tries(oracle: Oracle, x: Tensor, goal: ResolvedGoal, threat: Stickers, given: tuple[Tensor, Tensor] | None,
+           placement: str, restarts: int, steps: int, step_size: float,
+           gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    """The best image of every try and the N x (2 count) corners (rows, then columns) it used; each try runs
+    only on the images no earlier try broke."""
+    x_adv = x.clone()
+    corners = torch.zeros(len(x), 2 * threat.count, dtype=torch.long, device=x.device)
+    todo = torch.arange(len(x), device=x.device)
+    for attempt in range(restarts):
+        if len(todo) == 0:
+            break
+        xs, g = x[todo], goal.subset(todo)
+        if attempt == 0 and given is not None:
+            rows, cols = given[0][todo], given[1][todo]
+        elif attempt == 0 and placement == "saliency":
+            rows, cols = salient_corners(oracle, xs, g, threat, todo)
+        else:
+            rows, cols = random_corners(xs, threat, gen)
+        mask = threat.mask(xs, rows, cols)
+        best, value = _sticker_search(oracle, xs, g, mask, steps, step_size, gen, threat.bounds, todo)
+        # the first try's answer stands unless a later one breaks the image
+        take = (value > 0) | torch.tensor(attempt == 0, device=x.device)
+        x_adv[todo[take]] = best[take]
+        corners[todo[take]] = torch.cat([rows, cols], 1)[take]
+        todo = todo[value <= 0]
+    return x_adv, corners
+
+
+def random_corners(x: Tensor, threat: Stickers, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    """``threat.count`` top-left corners per image, uniform over the positions where a rectangle fits."""
+    n, _, h, w = x.shape
+    rows = torch.randint(0, h - threat.height + 1, (n, threat.count), generator=gen, device=x.device)
+    cols = torch.randint(0, w - threat.width + 1, (n, threat.count), generator=gen, device=x.device)
+    return rows, cols
 
 
 def _sticker_search(oracle: Oracle, x: Tensor, goal: ResolvedGoal, mask: Tensor, steps: int, step_size: float,
-                    gen: torch.Generator, bounds: tuple[float, float]) -> Tensor:
+                    gen: torch.Generator, bounds: tuple[float, float], idx: Tensor) -> tuple[Tensor, Tensor]:
+    """The best iterate per image and its margin (> 0: the goal is met)."""
     lo, hi = bounds
     noise = lo + (hi - lo) * torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype)
     z = x * (1 - mask) + noise * mask
     best, best_value = x.clone(), torch.full((len(x),), -torch.inf, dtype=x.dtype, device=x.device)
     act = torch.arange(len(x), device=x.device)
     for _ in range(steps + 1):
-        values, grad, _ = oracle.loss_grad(z[act], margin, goal.subset(act), act)
+        values, grad, _ = oracle.loss_grad(z[act], margin, goal.subset(act), idx[act])
         better = values > best_value[act]
         best[act[better]], best_value[act[better]] = z[act][better], values[better]
         live = best_value[act] <= 0
@@ -219,14 +321,15 @@ def _sticker_search(oracle: Oracle, x: Tensor, goal: ResolvedGoal, mask: Tensor,
         if len(act) == 0:
             break
         z[act] = (z[act] + step_size * (hi - lo) * grad[live].sign() * mask[act]).clamp(lo, hi)
-    return best
+    return best, best_value
 
 
-def salient_corners(oracle: Oracle, x: Tensor, goal: ResolvedGoal, threat: Stickers) -> tuple[Tensor, Tensor]:
+def salient_corners(oracle: Oracle, x: Tensor, goal: ResolvedGoal, threat: Stickers,
+                    idx: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Top-left corners of ``threat.count`` non-overlapping rectangles per image where the summed absolute
     gradient of the margin loss at the clean image is largest (chosen greedily, one rectangle per round for all
     images at once)."""
-    _, grad, _ = oracle.loss_grad(x, margin, goal)
+    _, grad, _ = oracle.loss_grad(x, margin, goal, idx)
     sal = grad.abs().sum(1, keepdim=True)
     h, w = threat.height, threat.width
     score = F.avg_pool2d(sal, (h, w), stride=1).squeeze(1)  # N x (H-h+1) x (W-w+1): mean gradient per window

@@ -73,6 +73,8 @@ ATTACKS: dict[str, AttackSpec] = {s.name: s for s in [
                summary="first-order attack on the rotation and translation (Engstrom et al. 2019)"),
     AttackSpec("stickers", _A + "patch:stickers", ("stickers",), kind="patch",
                summary="per-image content of k small rectangles, placed by saliency (Eykholt et al. 2018)"),
+    AttackSpec("patch", _A + "patch:patch_attack", ("patch",), kind="patch",
+               summary="per-image square patch of a given area, placed by saliency, then at random"),
 ]}
 # fmt: on
 

@@ -36,6 +36,7 @@ EXAMPLES = """examples:
       # label-only; also writes curve.png (median norm against queries, beside white-box FMN)
   squiggles attack --model mnist-standard --attack spatial-grid --max-rotation 30 --max-translation 3 --out adv/turn
   squiggles attack --model mnist-standard --attack stickers --stickers 4 --sticker-size 3 --out adv/stickers
+  squiggles attack --model mnist-standard --attack patch --patch-area 0.04 --restarts 4 --out adv/patch
   squiggles attack --model mnist-linf-0.3 --attack rays --norm linf --eps 0.3 --queries 10000 --out adv/rays
 """
 
@@ -50,6 +51,7 @@ OPTIONS = {
     "k": "k",
     "rotations": "rotations",
     "translations": "translations",
+    "placement": "placement",
 }
 
 
@@ -90,6 +92,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stickers", type=positive_int, default=4, help="stickers: how many rectangles (default 4)")
     p.add_argument("--sticker-size", type=positive_int, default=3,
                    help="stickers: each rectangle's side in pixels (default 3)")
+    p.add_argument("--patch-area", type=nonneg_float, metavar="FRACTION",
+                   help="patch: the square patch's share of the image (default 0.04)")
+    p.add_argument("--placement", choices=("saliency", "random"),
+                   help="stickers and patch: where the first try goes (default saliency; later --restarts: random)")
     p.add_argument(
         "--targeted",
         choices=("random", "next", "least-likely"),
@@ -114,8 +120,11 @@ def run(args: argparse.Namespace) -> int:
         raise SquigglesError(f"--eps is for norm threats; the spatial attack {spec.name!r} takes --max-rotation "
                              "(degrees) and --max-translation (pixels)")
     if spec.kind == "patch" and args.eps is not None:
+        size = "--patch-area" if spec.name == "patch" else "--stickers and --sticker-size"
         raise SquigglesError(f"--eps is for norm threats; {spec.name!r} changes its pixels freely inside the "
-                             "mask: size it with --stickers and --sticker-size")
+                             f"mask: size it with {size}")
+    if args.patch_area is not None and spec.name != "patch":
+        raise SquigglesError(f"--patch-area is for --attack patch, not {spec.name!r}")
     if spec.kind not in ("spatial", "patch") and args.norm not in spec.norms:
         raise SquigglesError(f"attack {spec.name!r} supports --norm {', '.join(spec.norms)}, not {args.norm}")
     eps = _eps(args, spec.kind)
@@ -173,6 +182,14 @@ def _threat(args: argparse.Namespace, spec: Any, eps: float, data: Any) -> Any:
     from squiggles.transforms import Spatial, check_images
 
     check_images(data.x[:1])
+    if spec.name == "patch":
+        from squiggles.patches import PatchArea
+
+        threat = PatchArea(0.04 if args.patch_area is None else args.patch_area, data.bounds)
+        if threat.patch_for(data.x[:1]) is None:
+            raise SquigglesError(f"--patch-area {threat.eps} is less than one pixel of these images; give a larger "
+                                 "area")
+        return threat
     if spec.kind == "patch":
         from squiggles.patches import Patch, Stickers
 
@@ -184,6 +201,8 @@ def _threat(args: argparse.Namespace, spec: Any, eps: float, data: Any) -> Any:
 def _threat_label(threat: dict[str, Any]) -> str:
     if threat.get("threat") == "stickers":
         return f"{threat['count']} stickers of {threat['height']} x {threat['width']} px"
+    if threat.get("threat") == "patch":
+        return f"patch of {100 * threat['eps']:g}% of the image"
     if threat.get("threat") == "spatial":
         return f"rotation +-{threat['max_rotation']:g} deg, translation +-{threat['max_translation']:g} px"
     return f"{threat['norm']} eps={threat['eps']:g}" if isinstance(threat.get("eps"), float | int) else threat["norm"]

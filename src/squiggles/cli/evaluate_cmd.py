@@ -29,6 +29,8 @@ EXAMPLES = """examples:
   torchrun --nproc_per_node=2 -m squiggles evaluate --model runs/robust --eps 0.3 --out eval/sharded.json
   squiggles evaluate --model mnist-standard --threat spatial --n 1000 --out eval/spatial.json
       # rotations within +-30 degrees and shifts within +-3 px: grid, worst-of-10, first-order
+  squiggles evaluate --model mnist-standard --threat patch --patch-area 0.01 0.04 --n 500 --out eval/patch.json
+      # one square patch per image covering 1% or 4% of it: placed by saliency, then 8 random positions
   squiggles evaluate --model mypkg.endpoint:make --access labels --queries 10000 --norm linf --eps 0.3 \
       --n 200 --out eval/labels.json      # label-only: RayS (linf) or HSJA (l2), any callable as the model
 """
@@ -43,8 +45,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     add_model_args(p)
     add_data_args(p)
-    p.add_argument("--threat", default="norm", choices=("norm", "spatial"),
-                   help="norm: a --norm ball of radius --eps (default); spatial: rotations and translations")
+    p.add_argument("--threat", default="norm", choices=("norm", "spatial", "patch"),
+                   help="norm: a --norm ball of radius --eps (default); spatial: rotations and translations; "
+                   "patch: one square patch per image of --patch-area")
     p.add_argument("--norm", default="linf", choices=("linf", "l2", "l1"))
     p.add_argument("--eps", type=nonneg_float, nargs="+",
                    help="one budget, or several for a curve (required for --threat norm; for --threat spatial the "
@@ -53,6 +56,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="--threat spatial: largest rotation either way, in degrees (default 30)")
     p.add_argument("--max-translation", type=nonneg_float, default=3.0,
                    help="--threat spatial: largest shift along each axis, in pixels (default 3)")
+    p.add_argument("--patch-area", type=nonneg_float, nargs="+", metavar="FRACTION",
+                   help="--threat patch: the patch's share of the image, one or several for a curve (e.g. 0.04)")
     p.add_argument(
         "--attacks",
         default="standard",
@@ -89,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
         raise SquigglesError(f"--out {args.out!r}: give a .json file name for the results")
     from squiggles.evaluation.ensembles import resolve_stages
 
+    _patch_budgets(args)
     if args.eps is None:
         if args.threat == "norm":
             raise SquigglesError("--eps is required for --threat norm (one budget, or several for a curve)")
@@ -156,8 +162,25 @@ def _evaluate_and_write(args: argparse.Namespace, out: Path, rank: int | None) -
     return 0
 
 
+def _patch_budgets(args: argparse.Namespace) -> None:
+    """--patch-area is the patch threat's budget (its eps); it belongs to that threat alone."""
+    if args.threat != "patch":
+        if args.patch_area is not None:
+            raise SquigglesError("--patch-area is for --threat patch; add --threat patch, or drop --patch-area")
+        return
+    if args.eps is not None:
+        raise SquigglesError("--threat patch takes its budget from --patch-area (a fraction of the image), not --eps")
+    if args.patch_area is None:
+        raise SquigglesError("--threat patch needs --patch-area, the patch's share of the image (e.g. 0.04)")
+    from squiggles.patches import PatchArea
+
+    for area in args.patch_area:
+        PatchArea(area)  # a bad area fails before any write
+    args.eps = list(args.patch_area)
+
+
 def _norm(args: argparse.Namespace) -> str:
-    return "spatial" if args.threat == "spatial" else args.norm
+    return args.threat if args.threat in ("spatial", "patch") else args.norm
 
 
 def _threat(args: argparse.Namespace, data: Any) -> Any:
@@ -166,6 +189,13 @@ def _threat(args: argparse.Namespace, data: Any) -> Any:
 
         check_images(data.x[:1])
         return Spatial(args.max_rotation, args.max_translation, data.bounds, eps=args.eps[0])
+    if args.threat == "patch":
+        from squiggles.patches import PatchArea
+        from squiggles.transforms import check_images
+
+        check_images(data.x[:1])
+        PatchArea(max(args.eps), data.bounds).patch_for(data.x[:1])  # the largest must fit the images
+        return PatchArea(args.eps[0], data.bounds)
     from squiggles.threat import make_threat
 
     return make_threat(args.norm, args.eps[0], data.bounds)

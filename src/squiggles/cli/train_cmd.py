@@ -66,6 +66,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-translation", type=nonneg_float,
                    help="spatial / spatial-augment: largest shift along each axis, in pixels (default 3)")
     p.add_argument("--worst-of", type=positive_int, help="spatial: random transforms per example (default 10)")
+    p.add_argument("--draw", choices=("uniform", "grid"),
+                   help="spatial: draw the transforms uniformly from the box (default) or from the evaluation grid")
     p.add_argument("--epochs", type=positive_int, help="default: the model's recipe (squiggles.train.recipes), else 1")
     p.add_argument("--batch-size", type=positive_int, help="default: the model's recipe, else 128")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
@@ -209,6 +211,7 @@ METHOD_FLAGS = {
     "max_rotation": "max_rotation",
     "max_translation": "max_translation",
     "worst_of": "k",
+    "draw": "draw",
 }
 
 

@@ -71,13 +71,13 @@ def evaluate(
     budgets = _budgets(threat, eps)
     check_access(access)
     stages = resolve_stages(attacks if not isinstance(attacks, list) else tuple(attacks), access, threat.name, queries)
-    spatial = threat.name == "spatial"
-    checks = checks and access == "gradients" and not spatial  # the checks and remedies are the norm balls'
+    beyond_ball = threat.name in ("spatial", "patch")  # threats on images, not norm balls
+    checks = checks and access == "gradients" and not beyond_ball  # the checks and remedies are the norm balls'
     if batch_size < 1:
         raise SquigglesError(f"batch_size must be >= 1, got {batch_size}")
     dev = torch.device(device) if device is not None else _device_of(model, x)
     x = check_inputs(x, threat)
-    if spatial:
+    if beyond_ball:
         from squiggles.transforms import check_images
 
         check_images(x)

@@ -54,6 +54,14 @@ SPATIAL: tuple[Stage, ...] = (
     Stage("spatial-fo", {"steps": 50}, "first-order"),
 )
 
+# A patch of a given area anywhere on the image (--threat patch): first where the loss's gradient is largest,
+# then at random positions, each try with its content optimised per image; the per-point worst case.
+PATCH: tuple[Stage, ...] = (
+    Stage("patch", {"placement": "saliency"}, "salient"),
+    Stage("patch", {"placement": "random", "restarts": 8}, "random-8"),
+)
+_THREAT_ENSEMBLES = {"spatial": SPATIAL, "patch": PATCH}
+
 
 # What each access level lets the cascade use (squiggles.access): label-only attacks run at every level.
 _ALLOWED = {"gradients": ("gradients", "scores", "labels"), "scores": ("scores", "labels"), "labels": ("labels",)}
@@ -81,8 +89,8 @@ def resolve_stages(attacks: str | list[str] | tuple[Stage, ...], access: str = "
     """
     from squiggles.attacks.registry import get_attack
 
-    if norm == "spatial" and attacks in ("standard", "quick", "spatial"):
-        stages = SPATIAL
+    if norm in _THREAT_ENSEMBLES and attacks in ("standard", "quick", norm):
+        stages = _THREAT_ENSEMBLES[norm]
     elif access != "gradients" and attacks in ("standard", access):
         stages = access_stages(access, norm)
     elif isinstance(attacks, str) and attacks in ENSEMBLES:
@@ -101,7 +109,7 @@ def resolve_stages(attacks: str | list[str] | tuple[Stage, ...], access: str = "
                 f"--access {access}: attack {stage.attack!r} needs {spec.access}, which this access level does not "
                 f"give; use {'rays (linf) or hsja (l2)' if access == 'labels' else 'square'}, or --access gradients")
         if norm not in spec.norms:
-            what = "--threat spatial" if norm == "spatial" else f"--norm {norm}"
+            what = _threat_flag(norm)
             raise SquigglesError(f"attack {stage.attack!r} does not run under {what}; it takes "
                                  f"{' or '.join(_threat_flag(n) for n in spec.norms)}")
     if queries is not None:
@@ -110,7 +118,7 @@ def resolve_stages(attacks: str | list[str] | tuple[Stage, ...], access: str = "
 
 
 def _threat_flag(norm: str) -> str:
-    return "--threat spatial" if norm == "spatial" else f"--norm {norm}"
+    return f"--threat {norm}" if norm in _THREAT_ENSEMBLES else f"--norm {norm}"
 
 
 def _with_queries(stages: tuple[Stage, ...], queries: int) -> tuple[Stage, ...]:

@@ -75,14 +75,17 @@ def confidence(logits: Tensor) -> Tensor:
     return torch.softmax(logits.float(), 1).amax(1)
 
 
-def eps_curve(path: Path, curves: dict[str, tuple[list[float], list[float]]], norm: str, title: str = "") -> Path:
-    """Robust accuracy against the budget, one line per model or setting (PNG or SVG by the suffix)."""
+_BUDGET_LABELS = {"patch": "patch area (share of the image)", "spatial": "share of the rotation-translation box"}
+def eps_curve(path: Path, curves: dict[str, tuple[list[float], list[float]]], norm: str, title: str = "",
+              ylabel: str = "robust accuracy (%)") -> Path:
+    """Robust accuracy (or another share, given as a fraction) against the budget, one line per model or
+    setting (PNG or SVG by the suffix)."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for label, (eps, acc) in curves.items():
         ax.plot(eps, [100 * a for a in acc], marker="o", label=label)
-    ax.set_xlabel(f"eps ({norm})")
-    ax.set_ylabel("robust accuracy (%)")
+    ax.set_xlabel(_BUDGET_LABELS.get(norm, f"eps ({norm})"))
+    ax.set_ylabel(ylabel)
     ax.set_ylim(-2, 102)
     ax.grid(alpha=0.3)
     if len(curves) > 1:
@@ -136,6 +139,29 @@ def patch_figure(path: Path, content: Tensor, worn: Tensor, pred: Tensor, target
         ax.set_title(f"pred {int(pred[i])}", fontsize=8, color="crimson" if hit else "black")
     for ax in axes[0]:
         ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def gallery(path: Path, rows: list[tuple[str, Tensor, list[str], list[bool]]], bounds: tuple[float, float] = (0.0, 1.0),
+            title: str = "") -> Path:
+    """Rows of images, each row named (a model, or "clean"), each image with a caption; a caption whose flag
+    is set is drawn in red (the model was fooled)."""
+    plt = pyplot()
+    cols = max(len(images) for _, images, _, _ in rows)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(1.3 * cols + 1.2, 1.5 * len(rows)), squeeze=False)
+    for r, (name, images, captions, fooled) in enumerate(rows):
+        for c in range(cols):
+            ax = axes[r, c]
+            ax.axis("off")
+            if c < len(images):
+                ax.imshow(as_image(images[c], bounds), cmap="gray", vmin=0, vmax=1)
+                ax.set_title(captions[c], fontsize=7, color="crimson" if fooled[c] else "black")
+        axes[r, 0].text(-0.15, 0.5, name, transform=axes[r, 0].transAxes, ha="right", va="center", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()

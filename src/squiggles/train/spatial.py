@@ -1,7 +1,8 @@
 """Training against rotations and translations (Engstrom et al. 2019, arXiv 1712.02779).
 
 - ``spatial``: the paper's worst-of-k training: for each example, k random transforms in the box (k = 10),
-  the one of highest loss kept, and cross-entropy on it. The search runs in eval mode without gradients
+  the one of highest loss kept, and cross-entropy on it. ``draw="grid"`` draws them from the evaluation grid's
+  points instead of uniformly (more of them at the box's edges). The search runs in eval mode without gradients
   (``spatial_random``), so it costs k forward passes per example and no backward pass.
 - ``spatial-augment``: the baseline, one random transform per example (plain data augmentation).
 
@@ -19,7 +20,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from squiggles.attacks.spatial import spatial_random
+from squiggles.attacks.spatial import DRAWS, spatial_random
 from squiggles.errors import SquigglesError
 from squiggles.train.adversarial import current_eps
 from squiggles.train.methods import METHODS, THREATS_OF, StepContext, TrainMethod
@@ -49,14 +50,18 @@ def make_spatial(
     warmup: float = 0.0,
     attack_mode: str = "eval",
     step_scale: float = 1.0,  # accepted for the collapse guard's sake; a random search has no step to lower
+    draw: str = "uniform",
 ) -> TrainMethod:
     _check(k, warmup, attack_mode, step_scale)
+    if draw not in DRAWS:
+        raise SquigglesError(f"draw (where the k transforms come from) must be one of {', '.join(DRAWS)}, got "
+                             f"{draw!r}")
     options = {"max_rotation": max_rotation, "max_translation": max_translation, "warmup": warmup}
     Spatial(max_rotation, max_translation)  # bad bounds fail when the method is made, not at the first batch
 
     def method(model: nn.Module, x: Tensor, y: Tensor, ctx: StepContext) -> tuple[Tensor, Tensor]:
         box = _box(options, ctx.bounds, ctx.progress)
-        x_adv = spatial_random(ctx.attack_model or model, x, y, box, k=k, seed=ctx.generator).x_adv
+        x_adv = spatial_random(ctx.attack_model or model, x, y, box, k=k, draw=draw, seed=ctx.generator).x_adv
         logits = model(x_adv)
         return F.cross_entropy(logits, y), logits
 
