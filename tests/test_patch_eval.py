@@ -103,6 +103,7 @@ def test_evaluate_threat_patch_from_the_cli(digits_model, tmp_path):
         (["--threat", "patch", "--patch-area", "0.1", "--eps", "0.3"], "takes its budget from --patch-area"),
         (["--eps", "0.1", "--patch-area", "0.1"], "--patch-area is for --threat patch"),
         (["--threat", "patch", "--patch-area", "0.1", "--attacks", "apgd-ce"], "does not run under --threat patch"),
+        (["--threat", "patch", "--patch-area", "0.01"], "less than one pixel of these 8 x 8 images"),
     ],
 )
 def test_evaluate_patch_bad_input_exits_2_and_writes_nothing(digits_model, tmp_path, capsys, extra, message):

@@ -194,7 +194,10 @@ def _threat(args: argparse.Namespace, data: Any) -> Any:
         from squiggles.transforms import check_images
 
         check_images(data.x[:1])
-        PatchArea(max(args.eps), data.bounds).patch_for(data.x[:1])  # the largest must fit the images
+        if PatchArea(max(args.eps), data.bounds).patch_for(data.x[:1]) is None:
+            h, w = data.x.shape[-2:]
+            raise SquigglesError(f"--patch-area {max(args.eps):g} is less than one pixel of these {h} x {w} images; "
+                                 f"give at least {1 / (h * w):.4g}")
         return PatchArea(args.eps[0], data.bounds)
     from squiggles.threat import make_threat
 
