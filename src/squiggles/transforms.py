@@ -143,8 +143,10 @@ class Spatial:
         out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         # Sampling at the pixel centres is the identity only up to float round-off (~1e-6): make zero
         # parameters return the image exactly, keeping the sampled path's gradient in the parameters.
-        still = (params == 0).all(1).view(-1, *([1] * (x.dim() - 1)))
-        return torch.where(still, x.detach() + (out - out.detach()), out)
+        still = (params == 0).all(1)
+        if not still.any():  # the grid's hot path: at most one transform in 775 is the identity
+            return out
+        return torch.where(still.view(-1, *([1] * (x.dim() - 1))), x.detach() + (out - out.detach()), out)
 
     def describe(self) -> dict[str, object]:
         return {"threat": "spatial", "norm": "spatial", "max_rotation": self.max_rotation,

@@ -55,6 +55,11 @@ def attack_grid(
             # The adversarial panel's title turns red when the model was fooled.
             ax.set_title(text, fontsize=8, color="crimson" if col == 2 and fooled else "black")
             ax.axis("off")
+    return _save(plt, fig, path, title)
+
+
+def _save(plt, fig, path: Path, title: str) -> Path:  # noqa: ANN001
+    """Title, lay out, write and close a figure of images."""
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
@@ -139,12 +144,7 @@ def patch_figure(path: Path, content: Tensor, worn: Tensor, pred: Tensor, target
         ax.set_title(f"pred {int(pred[i])}", fontsize=8, color="crimson" if hit else "black")
     for ax in axes[0]:
         ax.axis("off")
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, title)
 
 
 def gallery(path: Path, rows: list[tuple[str, Tensor, list[str], list[bool]]], bounds: tuple[float, float] = (0.0, 1.0),
@@ -162,9 +162,4 @@ def gallery(path: Path, rows: list[tuple[str, Tensor, list[str], list[bool]]], b
                 ax.imshow(as_image(images[c], bounds), cmap="gray", vmin=0, vmax=1)
                 ax.set_title(captions[c], fontsize=7, color="crimson" if fooled[c] else "black")
         axes[r, 0].text(-0.15, 0.5, name, transform=axes[r, 0].transAxes, ha="right", va="center", fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, title)
