@@ -170,6 +170,29 @@ def test_fast_layout_nested_blocks_and_keep_layout_leave_the_outer_layout_alone(
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
 
 
+def test_layout_mirror_is_a_channels_last_copy_that_follows_the_weights():
+    from squiggles.models import build_model
+    from squiggles.runtime import LayoutMirror
+
+    torch.manual_seed(0)
+    cnn = build_model("small-cnn", in_shape=(1, 8, 8), num_classes=10)
+    x = torch.rand(4, 1, 8, 8)
+    mirror = LayoutMirror()
+    copy = mirror(cnn, x)
+    assert copy is not cnn and all(p.is_contiguous() for p in cnn.parameters())  # the model keeps its layout
+    conv = next(p for p in copy.parameters() if p.dim() == 4 and p.shape[1] > 1)
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    with torch.no_grad():
+        for p in cnn.parameters():
+            p.add_(0.1)  # an optimizer step
+    cnn.eval()
+    again = mirror(cnn, x)
+    assert again is copy and not again.training  # the same copy, refreshed: weights and modes
+    assert torch.allclose(again(x), cnn(x), atol=1e-5)
+    mlp = build_model("mlp", in_shape=(6,), num_classes=2)
+    assert mirror(mlp, torch.rand(3, 6)) is mlp  # nothing to convolve: the model itself
+
+
 def test_attacks_run_in_channels_last_and_restore_the_layout(monkeypatch):
     from squiggles.attacks import pgd
     from squiggles.models import build_model

@@ -73,3 +73,44 @@ def test_user_factory_import_errors_name_the_problem():
         build_model("builtins:dict", x=4.0)
     with pytest.raises(ModelError, match="failed"):
         build_model("math:sqrt", x=4.0)
+
+
+def _blob(n: int, row: int, col: int, size: int = 15) -> torch.Tensor:
+    x = torch.zeros(n, 1, size, size)
+    x[:, 0, row : row + 3, col : col + 2] = 1.0
+    return x
+
+
+def test_recenter_moves_the_centre_of_mass_to_the_image_centre():
+    from squiggles.models import Recenter
+
+    out = Recenter()(_blob(2, 1, 2))  # a 3 x 2 blob whose centroid is at (2, 2.5)
+    rows, cols = torch.arange(15.0), torch.arange(15.0)
+    mass = out[0, 0]
+    assert abs(float((mass.sum(1) * rows).sum() / mass.sum()) - 7.0) < 1e-4
+    assert abs(float((mass.sum(0) * cols).sum() / mass.sum()) - 7.0) < 1e-4
+    assert torch.allclose(out.sum(), _blob(2, 1, 2).sum(), atol=1e-4)  # nothing pushed off the image
+
+
+def test_recenter_makes_whole_pixel_shifts_invisible_and_leaves_blank_images_alone():
+    from squiggles.models import Recenter
+
+    a, b = Recenter()(_blob(1, 2, 3)), Recenter()(_blob(1, 8, 9))
+    assert torch.allclose(a, b, atol=1e-5)
+    blank = torch.full((2, 1, 15, 15), 0.25)
+    assert torch.equal(Recenter()(blank), blank)
+    with pytest.raises(ModelError, match="N x C x H x W"):
+        Recenter()(torch.rand(3, 15))
+
+
+@pytest.mark.parametrize("arch", ["madry-cnn", "small-cnn", "trades-cnn"])
+def test_recenter_option_puts_the_module_first_and_is_differentiable(arch):
+    from squiggles.models import Recenter
+
+    net = build_model(arch, recenter=True, mean=0.1307, std=0.3081).eval()
+    assert isinstance(net[0], Recenter)
+    x = torch.rand(2, 1, 28, 28, requires_grad=True)
+    net(x).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    with pytest.raises(ModelError, match="recenter must be true or false"):
+        build_model(arch, recenter="yes")

@@ -242,3 +242,14 @@ def test_spatial_bad_arguments_exit_2_and_write_nothing(digits_model, tmp_path, 
     res = run_cli("attack", "--model", str(digits_model), "--dataset", "digits", "--out", str(tmp_path / "o"), *extra)
     assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_sampling_grid_matches_affine_grid():
+    import torch.nn.functional as F
+
+    from squiggles.transforms import sampling_grid
+
+    theta = torch.randn(5, 2, 3, generator=torch.Generator().manual_seed(0))
+    for h, w in ((7, 7), (5, 9)):
+        want = F.affine_grid(theta, [5, 1, h, w], align_corners=False)
+        assert torch.allclose(sampling_grid(theta, h, w), want, atol=1e-6)

@@ -1,7 +1,8 @@
-"""The model zoo's architectures, `Normalize`, and user-supplied factories.
+"""The model zoo's architectures, `Normalize`, `Recenter`, and user-supplied factories.
 
 Every model maps inputs in the data's bounds (``[0, 1]`` for images) to logits. Normalisation, when a
-model wants it, is a module inside the model (`Normalize`), never a step the attacks must remember.
+model wants it, is a module inside the model (`Normalize`), never a step the attacks must remember; so is
+recentring (``recenter=True`` on the CNNs: `Recenter` first), which makes a model nearly blind to shifts.
 
 Example:
     >>> import torch
@@ -19,9 +20,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from squiggles.errors import ModelError
+from squiggles.transforms import sampling_grid
 
 Shape = tuple[int, ...]
 
@@ -49,6 +52,43 @@ class Normalize(nn.Module):
         return (x - mean) / std
 
 
+class Recenter(nn.Module):
+    """Shift each image so that its centre of mass sits at the image centre, with zero padding.
+
+    MNIST's digits were centred this way when the set was made (LeCun et al. 1998); doing it inside the model
+    makes a classifier nearly invariant to translations (Engstrom et al. 2019's shifts) by construction. The
+    mass is each pixel's intensity above the image's darkest value, summed over channels, so any constant
+    background weighs nothing; an all-constant image is left where it is. The shift is differentiable, so
+    gradient attacks see the whole model; the spatial grid needs no gradients at all.
+
+    Example:
+        >>> import torch
+        >>> x = torch.zeros(1, 1, 9, 9); x[0, 0, 1, 1] = 1.0
+        >>> Recenter()(x)[0, 0].argmax().item()   # the pixel moves to the centre, (4, 4)
+        40
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:
+            raise ModelError(f"Recenter takes images N x C x H x W, got shape {tuple(x.shape)}")
+        n, _, h, w = x.shape
+        mass = (x - x.amin(dim=(2, 3), keepdim=True)).sum(1)  # N x H x W, zero on a constant background
+        total = mass.sum((1, 2))
+        empty = total <= 1e-12
+        total = torch.where(empty, torch.ones_like(total), total)
+        rows = torch.arange(h, dtype=x.dtype, device=x.device)
+        cols = torch.arange(w, dtype=x.dtype, device=x.device)
+        cy = (mass.sum(2) * rows).sum(1) / total
+        cx = (mass.sum(1) * cols).sum(1) / total
+        # Offsets of the centroid from the centre in grid_sample's normalised units (align_corners=False).
+        dx = torch.where(empty, torch.zeros_like(cx), (2 * cx + 1) / w - 1)
+        dy = torch.where(empty, torch.zeros_like(cy), (2 * cy + 1) / h - 1)
+        one, zero = torch.ones_like(dx), torch.zeros_like(dx)
+        theta = torch.stack([torch.stack([one, zero, dx], 1), torch.stack([zero, one, dy], 1)], 1)
+        grid = sampling_grid(theta, h, w)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
 def with_normalization(model: nn.Module, mean: float | Sequence[float], std: float | Sequence[float]) -> nn.Sequential:
     """Prepend `Normalize(mean, std)` so the model takes raw inputs in their natural bounds."""
     return nn.Sequential(Normalize(mean, std), model)
@@ -64,14 +104,20 @@ def _flat_size(features: nn.Module, in_shape: Shape) -> int:
     return int(out.numel())
 
 
-def _prefix(mean: Any, std: Any) -> list[nn.Module]:
-    return [Normalize(mean, std)] if mean is not None and std is not None else []
+def _prefix(mean: Any, std: Any, recenter: bool = False) -> list[nn.Module]:
+    # Recentring works on the raw image (its background is the darkest value), so it comes before Normalize.
+    if not isinstance(recenter, bool):
+        raise ModelError(f"recenter must be true or false, got {recenter!r}")
+    front: list[nn.Module] = [Recenter()] if recenter else []
+    return front + ([Normalize(mean, std)] if mean is not None and std is not None else [])
 
 
-def madry_cnn(in_shape: Shape = (1, 28, 28), num_classes: int = 10, mean: Any = None, std: Any = None) -> nn.Module:
+def madry_cnn(
+    in_shape: Shape = (1, 28, 28), num_classes: int = 10, mean: Any = None, std: Any = None, recenter: bool = False
+) -> nn.Module:
     """Madry et al. 2017 (arXiv 1706.06083) MNIST net: conv32 5x5, pool, conv64 5x5, pool, fc1024, fc10."""
     features = nn.Sequential(
-        *_prefix(mean, std),
+        *_prefix(mean, std, recenter),
         nn.Conv2d(in_shape[0], 32, 5, padding=2),
         nn.ReLU(),
         nn.MaxPool2d(2),
@@ -85,14 +131,15 @@ def madry_cnn(in_shape: Shape = (1, 28, 28), num_classes: int = 10, mean: Any = 
 
 
 def small_cnn(
-    in_shape: Shape = (1, 28, 28), num_classes: int = 10, mean: Any = None, std: Any = None, width: int = 1
+    in_shape: Shape = (1, 28, 28), num_classes: int = 10, mean: Any = None, std: Any = None, width: int = 1,
+    recenter: bool = False,
 ) -> nn.Module:
     """Wong et al. 2020 (arXiv 2001.03994) fast-training MNIST net: conv16 4x4/2, conv32 4x4/2, fc100, fc10;
     ``width`` multiplies every hidden layer (robust training needs more capacity than clean training)."""
     if width < 1:
         raise ModelError(f"small-cnn width must be an integer >= 1, got {width}")
     features = nn.Sequential(
-        *_prefix(mean, std),
+        *_prefix(mean, std, recenter),
         nn.Conv2d(in_shape[0], 16 * width, 4, stride=2, padding=1),
         nn.ReLU(),
         nn.Conv2d(16 * width, 32 * width, 4, stride=2, padding=1),
@@ -104,11 +151,12 @@ def small_cnn(
 
 
 def trades_cnn(
-    in_shape: Shape = (1, 28, 28), num_classes: int = 10, mean: Any = None, std: Any = None, dropout: float = 0.5
+    in_shape: Shape = (1, 28, 28), num_classes: int = 10, mean: Any = None, std: Any = None, dropout: float = 0.5,
+    recenter: bool = False,
 ) -> nn.Module:
     """Zhang et al. 2019 (arXiv 1901.08573) TRADES SmallCNN: four 3x3 convs, two pools, fc200, fc200, fc10."""
     features = nn.Sequential(
-        *_prefix(mean, std),
+        *_prefix(mean, std, recenter),
         nn.Conv2d(in_shape[0], 32, 3),
         nn.ReLU(),
         nn.Conv2d(32, 32, 3),

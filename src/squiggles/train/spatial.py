@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from squiggles.attacks.spatial import DRAWS, spatial_random
 from squiggles.errors import SquigglesError
+from squiggles.runtime import LayoutMirror
 from squiggles.train.adversarial import current_eps
 from squiggles.train.methods import METHODS, THREATS_OF, StepContext, TrainMethod
 from squiggles.transforms import Spatial
@@ -58,10 +59,14 @@ def make_spatial(
                              f"{draw!r}")
     options = {"max_rotation": max_rotation, "max_translation": max_translation, "warmup": warmup}
     Spatial(max_rotation, max_translation)  # bad bounds fail when the method is made, not at the first batch
+    # The search is k forward passes per example, most of a step: run it on a channels-last copy of the
+    # model (1.3 to 2x faster on a CPU; the weights being trained keep their layout).
+    mirror = LayoutMirror()
 
     def method(model: nn.Module, x: Tensor, y: Tensor, ctx: StepContext) -> tuple[Tensor, Tensor]:
         box = _box(options, ctx.bounds, ctx.progress)
-        x_adv = spatial_random(ctx.attack_model or model, x, y, box, k=k, draw=draw, seed=ctx.generator).x_adv
+        searcher = mirror(ctx.attack_model or model, x)
+        x_adv = spatial_random(searcher, x, y, box, k=k, draw=draw, seed=ctx.generator).x_adv
         logits = model(x_adv)
         return F.cross_entropy(logits, y), logits
 
