@@ -103,6 +103,28 @@ def test_recenter_makes_whole_pixel_shifts_invisible_and_leaves_blank_images_alo
         Recenter()(torch.rand(3, 15))
 
 
+def test_upright_stands_a_tilted_bar_vertical_and_undoes_a_rotation():
+    from squiggles.models import Recenter
+    from squiggles.transforms import Spatial
+
+    bar = torch.zeros(1, 1, 15, 15)
+    bar[0, 0, 7, 3:12] = 1.0  # horizontal: the turn is 90 degrees either way
+    up = Recenter(upright=True)(bar)[0, 0]
+    assert int(up[:, 7].gt(0.5).sum()) == 9  # the bar now lies along the centre column
+    blob = _blob(1, 2, 5) + _blob(1, 9, 5)  # two blobs one above the other: a clear axis
+    turned = Spatial(30, 3).apply(blob, torch.tensor([[25.0, 1.0, -1.0]]))
+    same = Recenter(upright=True)
+    plain = Recenter()
+    assert (same(turned) - same(blob)).abs().mean() < 0.3 * (plain(turned) - plain(blob)).abs().mean()
+    round_blob = torch.zeros(1, 1, 15, 15)
+    round_blob[0, 0, 6:9, 6:9] = 1.0  # no axis: only recentred, gradients stay finite
+    x = round_blob.clone().requires_grad_(True)
+    out = Recenter(upright=True)(x)
+    assert torch.allclose(out, round_blob, atol=1e-5)
+    out.sum().backward()
+    assert torch.isfinite(x.grad).all()
+
+
 @pytest.mark.parametrize("arch", ["madry-cnn", "small-cnn", "trades-cnn"])
 def test_recenter_option_puts_the_module_first_and_is_differentiable(arch):
     from squiggles.models import Recenter
@@ -114,3 +136,6 @@ def test_recenter_option_puts_the_module_first_and_is_differentiable(arch):
     assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
     with pytest.raises(ModelError, match="recenter must be true or false"):
         build_model(arch, recenter="yes")
+    assert build_model(arch, upright=True)[0].upright
+    with pytest.raises(ModelError, match="upright must be true or false"):
+        build_model(arch, upright=1)

@@ -256,3 +256,15 @@ def test_compare_and_recipe_changes():
     assert result["robust_accuracy"] == {"shipped": 0.9, "reproduced": None, "difference": None}
     assert "robust_accuracy" not in compare(new, new)
     assert recipe_changes(shipped, new) == {"epochs": (8, 1)}
+
+
+def test_the_evaluate_hint_rebuilds_the_cards_threat():
+    from squiggles.cli.zoo_cmd import _evaluate_hint
+
+    linf = _evaluate_hint("runs/a", "mnist", {"robust_eval": {"norm": "linf", "eps": 0.3, "attacks": "quick"}})
+    assert linf == ("squiggles evaluate --model runs/a --dataset mnist --norm linf --eps 0.3 --attacks quick "
+                    "--out eval.json")
+    box = {"norm": "spatial", "eps": 1.0, "points": 1000, "threat": {"max_rotation": 15, "max_translation": 2}}
+    spatial = _evaluate_hint("runs/s", "mnist", {"robust_eval": box})
+    assert spatial == ("squiggles evaluate --model runs/s --dataset mnist --threat spatial --max-rotation=15 "
+                       "--max-translation=2 --n 1000 --out eval.json")

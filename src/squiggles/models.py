@@ -53,40 +53,84 @@ class Normalize(nn.Module):
 
 
 class Recenter(nn.Module):
-    """Shift each image so that its centre of mass sits at the image centre, with zero padding.
+    """Shift each image so that its centre of mass sits at the image centre and, with ``upright=True``, turn
+    it so that its principal axis stands vertical; one resampling, zero padding.
 
-    MNIST's digits were centred this way when the set was made (LeCun et al. 1998); doing it inside the model
-    makes a classifier nearly invariant to translations (Engstrom et al. 2019's shifts) by construction. The
-    mass is each pixel's intensity above the image's darkest value, summed over channels, so any constant
-    background weighs nothing; an all-constant image is left where it is. The shift is differentiable, so
-    gradient attacks see the whole model; the spatial grid needs no gradients at all.
+    MNIST's digits were centred this way when the set was made (LeCun et al. 1998), and undoing a digit's slant
+    from its second moments is the classic "deskewing" of MNIST; doing both inside the model makes a classifier
+    nearly invariant to translations and, upright, to rotations (Engstrom et al. 2019's threat) by
+    construction: shifting or turning the input shifts or turns its moments by the same amount. The mass is
+    each pixel's intensity above the image's darkest value, summed over channels, so a constant background
+    weighs nothing; an all-constant image is left where it is. The axis has no direction, so the turn is the
+    one within +-90 degrees; a digit lying near horizontal may be stood up either way, which training with
+    rotations teaches the model to read. The resampling is differentiable, so gradient attacks see the whole
+    model; the spatial grid needs no gradients at all.
 
     Example:
         >>> import torch
         >>> x = torch.zeros(1, 1, 9, 9); x[0, 0, 1, 1] = 1.0
         >>> Recenter()(x)[0, 0].argmax().item()   # the pixel moves to the centre, (4, 4)
         40
+        >>> bar = torch.zeros(1, 1, 9, 9); bar[0, 0, 4, 1:8] = 1.0   # a horizontal bar...
+        >>> Recenter(upright=True)(bar)[0, 0, :, 4].gt(0.5).sum().item()   # ...stood up: 7 pixels in column 4
+        7
     """
+
+    def __init__(self, upright: bool = False) -> None:
+        super().__init__()
+        self.upright = upright
+
+    def extra_repr(self) -> str:
+        return f"upright={self.upright}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4:
             raise ModelError(f"Recenter takes images N x C x H x W, got shape {tuple(x.shape)}")
-        n, _, h, w = x.shape
+        _, _, h, w = x.shape
         mass = (x - x.amin(dim=(2, 3), keepdim=True)).sum(1)  # N x H x W, zero on a constant background
         total = mass.sum((1, 2))
         empty = total <= 1e-12
         total = torch.where(empty, torch.ones_like(total), total)
-        rows = torch.arange(h, dtype=x.dtype, device=x.device)
-        cols = torch.arange(w, dtype=x.dtype, device=x.device)
+        # Pixel offsets from the image centre, so that the moments below are taken about the centre.
+        rows = torch.arange(h, dtype=x.dtype, device=x.device) - (h - 1) / 2
+        cols = torch.arange(w, dtype=x.dtype, device=x.device) - (w - 1) / 2
         cy = (mass.sum(2) * rows).sum(1) / total
         cx = (mass.sum(1) * cols).sum(1) / total
-        # Offsets of the centroid from the centre in grid_sample's normalised units (align_corners=False).
-        dx = torch.where(empty, torch.zeros_like(cx), (2 * cx + 1) / w - 1)
-        dy = torch.where(empty, torch.zeros_like(cy), (2 * cy + 1) / h - 1)
-        one, zero = torch.ones_like(dx), torch.zeros_like(dx)
-        theta = torch.stack([torch.stack([one, zero, dx], 1), torch.stack([zero, one, dy], 1)], 1)
+        cy, cx = torch.where(empty, torch.zeros_like(cy), cy), torch.where(empty, torch.zeros_like(cx), cx)
+        cos, sin = torch.ones_like(cx), torch.zeros_like(cx)
+        if self.upright:
+            cos, sin = _axis_turn(mass, rows, cols, cy, cx, total)
+        # Output pixel q (offset from the centre) reads the input at centroid + R q; in grid_sample's
+        # normalised units (align_corners=False) that is theta = S^-1 [R | c] with S = diag(w/2, h/2).
+        theta = torch.stack(
+            [
+                torch.stack([cos, -sin * h / w, 2 * cx / w], 1),
+                torch.stack([sin * w / h, cos, 2 * cy / h], 1),
+            ],
+            1,
+        )
         grid = sampling_grid(theta, h, w)
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def _axis_turn(
+    mass: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, cy: torch.Tensor, cx: torch.Tensor,
+    total: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the turn (within +-90 degrees) that stands each image's principal axis vertical."""
+    dy = rows.view(1, -1, 1) - cy.view(-1, 1, 1)
+    dx = cols.view(1, 1, -1) - cx.view(-1, 1, 1)
+    mu20 = (mass * dx * dx).sum((1, 2)) / total
+    mu02 = (mass * dy * dy).sum((1, 2)) / total
+    mu11 = (mass * dx * dy).sum((1, 2)) / total
+    a, b = 2 * mu11, mu20 - mu02
+    # A round blob has no axis (and atan2's gradient at the origin is 0/0): leave it unturned.
+    flat = a.square() + b.square() <= 1e-12
+    axis = 0.5 * torch.atan2(torch.where(flat, torch.zeros_like(a), a), torch.where(flat, torch.ones_like(b), b))
+    # axis is the principal direction's angle from the x axis, in (-90, 90]; vertical is +-90 degrees.
+    turn = torch.where(axis > 0, axis - torch.pi / 2, axis + torch.pi / 2)
+    turn = torch.where(flat, torch.zeros_like(turn), turn)
+    return torch.cos(turn), torch.sin(turn)
 
 
 def with_normalization(model: nn.Module, mean: float | Sequence[float], std: float | Sequence[float]) -> nn.Sequential:
@@ -104,20 +148,22 @@ def _flat_size(features: nn.Module, in_shape: Shape) -> int:
     return int(out.numel())
 
 
-def _prefix(mean: Any, std: Any, recenter: bool = False) -> list[nn.Module]:
+def _prefix(mean: Any, std: Any, recenter: bool = False, upright: bool = False) -> list[nn.Module]:
     # Recentring works on the raw image (its background is the darkest value), so it comes before Normalize.
-    if not isinstance(recenter, bool):
-        raise ModelError(f"recenter must be true or false, got {recenter!r}")
-    front: list[nn.Module] = [Recenter()] if recenter else []
+    for flag, value in (("recenter", recenter), ("upright", upright)):
+        if not isinstance(value, bool):
+            raise ModelError(f"{flag} must be true or false, got {value!r}")
+    front: list[nn.Module] = [Recenter(upright=upright)] if recenter or upright else []
     return front + ([Normalize(mean, std)] if mean is not None and std is not None else [])
 
 
 def madry_cnn(
-    in_shape: Shape = (1, 28, 28), num_classes: int = 10, mean: Any = None, std: Any = None, recenter: bool = False
+    in_shape: Shape = (1, 28, 28), num_classes: int = 10, mean: Any = None, std: Any = None, recenter: bool = False,
+    upright: bool = False,
 ) -> nn.Module:
     """Madry et al. 2017 (arXiv 1706.06083) MNIST net: conv32 5x5, pool, conv64 5x5, pool, fc1024, fc10."""
     features = nn.Sequential(
-        *_prefix(mean, std, recenter),
+        *_prefix(mean, std, recenter, upright),
         nn.Conv2d(in_shape[0], 32, 5, padding=2),
         nn.ReLU(),
         nn.MaxPool2d(2),
@@ -133,13 +179,14 @@ def madry_cnn(
 def small_cnn(
     in_shape: Shape = (1, 28, 28), num_classes: int = 10, mean: Any = None, std: Any = None, width: int = 1,
     recenter: bool = False,
+    upright: bool = False,
 ) -> nn.Module:
     """Wong et al. 2020 (arXiv 2001.03994) fast-training MNIST net: conv16 4x4/2, conv32 4x4/2, fc100, fc10;
     ``width`` multiplies every hidden layer (robust training needs more capacity than clean training)."""
     if width < 1:
         raise ModelError(f"small-cnn width must be an integer >= 1, got {width}")
     features = nn.Sequential(
-        *_prefix(mean, std, recenter),
+        *_prefix(mean, std, recenter, upright),
         nn.Conv2d(in_shape[0], 16 * width, 4, stride=2, padding=1),
         nn.ReLU(),
         nn.Conv2d(16 * width, 32 * width, 4, stride=2, padding=1),
@@ -153,10 +200,11 @@ def small_cnn(
 def trades_cnn(
     in_shape: Shape = (1, 28, 28), num_classes: int = 10, mean: Any = None, std: Any = None, dropout: float = 0.5,
     recenter: bool = False,
+    upright: bool = False,
 ) -> nn.Module:
     """Zhang et al. 2019 (arXiv 1901.08573) TRADES SmallCNN: four 3x3 convs, two pools, fc200, fc200, fc10."""
     features = nn.Sequential(
-        *_prefix(mean, std, recenter),
+        *_prefix(mean, std, recenter, upright),
         nn.Conv2d(in_shape[0], 32, 3),
         nn.ReLU(),
         nn.Conv2d(32, 32, 3),

@@ -145,6 +145,12 @@ def _print_comparison(rows: dict[str, dict[str, Any]]) -> None:
 def _evaluate_hint(model: str, dataset: str | None, metrics: dict[str, Any]) -> str:
     how = metrics.get("robust_eval") or {}
     args = ["squiggles", "evaluate", "--model", model, "--dataset", str(dataset or "mnist")]
+    if how.get("norm") == "spatial":  # rotations and shifts: the spatial cascade, on the card's box
+        box = how.get("threat") or {}
+        args += ["--threat", "spatial"]
+        args += [f"--{k.replace('_', '-')}={box[k]}" for k in ("max_rotation", "max_translation") if k in box]
+        args += ["--n", str(how["points"])] if "points" in how else []
+        return shlex.join([*args, "--out", "eval.json"])
     args += ["--norm", str(how.get("norm", "linf")), "--eps", str(how.get("eps", "EPS"))]
     args += ["--attacks", str(how["attacks"])] if "attacks" in how else []
     return shlex.join([*args, "--out", "eval.json"])

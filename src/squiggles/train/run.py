@@ -195,6 +195,7 @@ def robust_metrics(
             "breakdown": res.breakdown(0),
             "flags": res.flags,
             "seed": config.seed,
+            "threat": threat.describe(),  # the whole threat (a spatial box is more than its eps)
         },
     }
 
