@@ -1,5 +1,6 @@
 """Weight layout benchmark: a CNN's forward pass and its input gradient with contiguous (NCHW) weights and with
-channels-last weights, as `squiggles.runtime.fast_layout` sets them for an evaluation.
+channels-last weights, as `squiggles.runtime.fast_layout` sets them for an evaluation; and the forward pass of
+the frozen inference graph (`squiggles.frozen`) that the forward-only searches (label-only attacks, Square) use.
 
 Usage:
     .venv/bin/python benchmarks/bench_layout.py [--model DIR] [--batch-size 235] [--threads 2] > layout.json
@@ -18,6 +19,7 @@ import torch
 from _common import ensure_model, log, machine_info
 
 from squiggles.checkpoints import read_card
+from squiggles.frozen import inference_graph
 from squiggles.runtime import fast_layout
 
 
@@ -62,6 +64,13 @@ def main() -> None:
             out["forward_us_channels_last"] = per_image_us(lambda: model(x), len(x), args.repeats, 20)
         out["forward_backward_us_channels_last"] = per_image_us(lambda: forward_backward(model, x), len(x),
                                                                 args.repeats, 5)
+        graph = inference_graph(model, x)
+        out["frozen_graph_built"] = graph is not model
+        with torch.no_grad():
+            out["max_logit_difference_frozen"] = (graph(x) - reference).abs().max().item()
+            out["forward_us_frozen"] = per_image_us(lambda: graph(x), len(x), args.repeats, 20)
+    out["forward_speedup_frozen"] = out["forward_us_contiguous"] / out["forward_us_frozen"]
+    log(f"forward: {out['forward_speedup_frozen']:.2f}x faster in the frozen graph")
     for kind in ("forward", "forward_backward"):
         out[f"{kind}_speedup"] = out[f"{kind}_us_contiguous"] / out[f"{kind}_us_channels_last"]
         log(f"{kind}: {out[f'{kind}_speedup']:.2f}x faster with channels-last weights")

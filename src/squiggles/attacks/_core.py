@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from squiggles.errors import SquigglesError
+from squiggles.frozen import forward_for
 from squiggles.goals import GoalLike, ResolvedGoal, as_goal, resolve_goal
 from squiggles.losses import Loss
 from squiggles.results import AttackResult
@@ -141,14 +142,19 @@ def run_attack(
     threat: ThreatModel,
     seed: Seed,
     config: dict[str, Any],
+    forward_rows: int = 0,
 ) -> AttackResult:
-    """Validate, run ``core`` under the attack contract, project, verify with a final forward pass."""
+    """Validate, run ``core`` under the attack contract, project, verify with a final forward pass.
+
+    ``forward_rows``: for a core that never asks for a gradient, about how many rows its forward passes take;
+    a long enough search then runs on a frozen inference graph (`squiggles.frozen`).
+    """
     start = time.perf_counter()
     x = check_inputs(x, threat)
     goal_in = as_goal(y_or_goal)
     generator, seed_record = make_generator(seed, x.device)
     with attack_mode(model), fast_layout(model, x):
-        oracle = Oracle(model, len(x), x.device)
+        oracle = Oracle(forward_for(model, x, forward_rows) if forward_rows else model, len(x), x.device)
         clean_logits = oracle.logits(x)
         check_logits(clean_logits, len(x))
         goal = resolve_goal(goal_in, clean_logits)

@@ -23,6 +23,7 @@ from torch import Tensor
 from squiggles.access import as_labels, num_classes_of
 from squiggles.attacks._core import Seed, attack_mode, check_inputs, make_generator
 from squiggles.errors import SquigglesError
+from squiggles.frozen import forward_for
 from squiggles.goals import GoalLike, ResolvedGoal, Targeted, as_goal, resolve_goal
 from squiggles.results import AttackResult
 from squiggles.runtime import fast_layout
@@ -210,7 +211,8 @@ def run_decision_attack(
     n = len(x)
     idx = torch.arange(n, device=x.device)
     with attack_mode(model), fast_layout(model, x):
-        oracle = LabelOracle(model, n, x.device, queries, max_batch)
+        # Label-only searches never need a gradient: a frozen graph runs their forward passes faster on a CPU.
+        oracle = LabelOracle(forward_for(model, x, n * queries), n, x.device, queries, max_batch)
         clean = oracle.labels(x, idx)
         goal = _resolve(goal_in, clean, oracle.num_classes)
         oracle.goal = goal
