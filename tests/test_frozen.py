@@ -66,6 +66,13 @@ def test_unsafe_models_are_returned_as_they_are(model: object) -> None:
     assert frozen.inference_graph(model, torch.rand(3, 1, 2, 2)) is model  # type: ignore[arg-type]
 
 
+def test_a_model_with_a_hook_is_returned_as_it_is() -> None:
+    net = _net()
+    seen: list[int] = []
+    net[1].register_forward_hook(lambda module, args, out: seen.append(len(out)))
+    assert frozen.inference_graph(net, torch.rand(3, 1, 12, 12)) is net
+
+
 def test_a_graph_that_fails_on_another_batch_size_is_refused() -> None:
     # Flatten(0) folds the batch into the features: it works for the traced two rows only.
     net = nn.Sequential(nn.Flatten(0), nn.Linear(8, 3)).eval()

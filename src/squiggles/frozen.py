@@ -10,8 +10,8 @@ returns.
 Safe means: an `nn.Module` on the CPU built only from standard stateless layers (the zoo's architectures, and
 any `nn.Sequential` of the layers in `_freezable`), whose graph gives the same outputs as the model on a batch
 of another size than the one it was traced with (a graph that baked in its batch size is refused). A module
-with its own ``forward`` (a wrapper that counts calls, a remote endpoint, a randomised defence) is never
-traced: tracing would run its Python code once and drop it.
+with its own ``forward`` (a wrapper that counts calls, a remote endpoint, a randomised defence) or with a
+forward hook is never traced: tracing would run its Python code once and drop it.
 
 Example:
     >>> import torch
@@ -89,6 +89,9 @@ def _eligible(model: Forward, x: Tensor) -> bool:
         return False
     kinds = _freezable()
     if not all(type(m) in kinds for m in model.modules()):
+        return False
+    # A hook is Python that tracing would run once and drop (a feature probe, a call counter).
+    if any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()):
         return False
     tensors = [*model.parameters(), *model.buffers()]
     return bool(tensors) and all(t.device.type == "cpu" for t in tensors) and len(x) > 0
