@@ -52,15 +52,22 @@ def test_graph_from_a_single_example() -> None:
     assert graph(torch.rand(5, 1, 12, 12)).shape == (5, 4)
 
 
+def _one_layer_training() -> nn.Module:
+    net = nn.Sequential(nn.Flatten(), nn.Dropout(0.5), nn.Linear(4, 2)).eval()
+    net[1].train()
+    return net
+
+
 @pytest.mark.parametrize(
     "model",
     [
         Counting(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)).eval()),  # its own forward
         nn.Sequential(nn.Flatten(), nn.Linear(4, 2)).train(),  # training mode
+        _one_layer_training(),  # the model in eval mode, its dropout not
         nn.Sequential(nn.Flatten(), nn.Dropout(0.5), Counting(nn.Linear(4, 2))).eval(),  # a custom layer inside
         lambda x: x.flatten(1)[:, :2],  # not a module
     ],
-    ids=["own-forward", "training", "custom-layer", "callable"],
+    ids=["own-forward", "training", "one-layer-training", "custom-layer", "callable"],
 )
 def test_unsafe_models_are_returned_as_they_are(model: object) -> None:
     assert frozen.inference_graph(model, torch.rand(3, 1, 2, 2)) is model  # type: ignore[arg-type]

@@ -85,7 +85,10 @@ def inference_graph(model: Forward, x: Tensor) -> Forward:
 
 
 def _eligible(model: Forward, x: Tensor) -> bool:
-    if not isinstance(model, nn.Module) or model.training or x.device.type != "cpu" or x.dtype != torch.float32:
+    if not isinstance(model, nn.Module) or x.device.type != "cpu" or x.dtype != torch.float32:
+        return False
+    # Any layer left in training mode (a dropout, a batch norm) would be traced as it behaves in training.
+    if any(m.training for m in model.modules()):
         return False
     kinds = _freezable()
     if not all(type(m) in kinds for m in model.modules()):
