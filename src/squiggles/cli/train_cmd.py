@@ -18,6 +18,8 @@ EXAMPLES = """examples:
   squiggles train --model small-cnn --method fgsm-rs --eps 0.3 --epochs 10 --out runs/fast    # guarded
   squiggles train --model small-cnn --method trades --eps 0.3 --precision bf16 --ema 0.999 --epochs 15 --out runs/trades
   squiggles train --model madry-cnn --method spatial --max-rotation 30 --max-translation 3 --out runs/spatial
+  squiggles train --model small-cnn --method noise --sigma 0.25 --out runs/smooth    # for squiggles certify
+  squiggles train --model small-cnn --method crown-ibp --eps 0.3 --out runs/certified
   torchrun --nproc_per_node=2 -m squiggles train --model small-cnn --method pgd --eps 0.3 --out runs/ddp
 """
 
@@ -60,6 +62,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--attack-steps", type=positive_int, help="pgd / trades: attack steps per batch (default 10)")
     p.add_argument("--attack-step-size", type=positive_float, help="attack step size (default 2.5 eps / steps)")
     p.add_argument("--beta", type=nonneg_float, help="trades: weight of the KL term (default 6)")
+    p.add_argument("--sigma", type=positive_float,
+                   help="noise / consistency: the Gaussian noise level the smoothed classifier will use (default 0.25)")
     p.add_argument("--warmup", type=nonneg_float, help="ramp eps (or the spatial box) up over this share of training")
     p.add_argument("--max-rotation", type=nonneg_float,
                    help="spatial / spatial-augment: largest rotation either way, in degrees (default 30)")
@@ -207,6 +211,7 @@ METHOD_FLAGS = {
     "attack_steps": "steps",
     "attack_step_size": "step_size",
     "beta": "beta",
+    "sigma": "sigma",
     "warmup": "warmup",
     "max_rotation": "max_rotation",
     "max_translation": "max_translation",

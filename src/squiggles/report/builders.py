@@ -36,6 +36,7 @@ BUILDERS: dict[str, str] = {
     "experiment": "squiggles.report.builders:experiment_sections",
     "demo": "squiggles.demo.report:sections",
     "patch": "squiggles.report.builders:patch_sections",
+    "certification": "squiggles.report.builders:certification_sections",
 }
 
 NAMED = ("results.json", "summary.json", "card.json")
@@ -100,7 +101,7 @@ def _is_evaluation(path: Path) -> bool:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return False  # not ours: other JSON files in a folder are left alone
-    return isinstance(data, dict) and data.get("kind") == "evaluation"
+    return isinstance(data, dict) and data.get("kind") in ("evaluation", "certification")
 
 
 # --- the registry --------------------------------------------------------------------------------------
@@ -247,6 +248,36 @@ def patch_sections(data: dict[str, Any], folder: Path) -> list[Section]:
     section.tables += [history] if history else []
     section.figures, section.paragraphs = _figures(folder, _images(data.get("files")),
                                                    "The patch, and held-out images wearing it")
+    section.cards = _cards(data.get("model_card"))
+    return [section]
+
+
+def certification_sections(data: dict[str, Any], folder: Path) -> list[Section]:
+    """``squiggles certify`` results: the certified figure beside the attack's on the same points, per budget."""
+    method = data.get("method", "?")
+    section = Section(f"Certification of {data.get('model', 'a model')} ({method})")
+    section.paragraphs.append("A certificate proves that no input within the budget changes the prediction; an "
+                              "attack only finds inputs that do. Certified accuracy can never exceed the attack's "
+                              "figure on the same points.")
+    headline = {k: data.get(k) for k in ("n", "norm", "clean_accuracy", "abstentions", "average_certified_radius",
+                                         "model_calls", "wall_time_s", "points_per_second") if data.get(k) is not None}
+    section.tables.append(key_value_table(headline, "Headline"))
+    key = "radius" if method == "smoothing" else "eps"
+    empirical = {row.get("budget"): row for row in data.get("empirical") or [] if isinstance(row, dict)}
+    rows = []
+    for row in data.get("curve") or []:
+        e = empirical.get(row.get(key), {})
+        rows.append([row.get(key), row.get("certified_accuracy"), e.get("robust_accuracy"), e.get("attack")])
+    if rows:
+        section.tables.append(Table([key, "certified accuracy", "empirical (attack)", "attack"], rows,
+                                    "Certified beside empirical accuracy, same points"))
+    violations = [r for r in empirical.values() if r.get("certified_le_empirical") is False]
+    if violations:
+        section.flags = _flags([{"code": "certified-above-empirical",
+                                 "message": "a certified figure is above the attack's on the same points: a bug",
+                                 "advice": "please report it with this results file"}])
+    section.figures, notes = _figures(folder, _images(data.get("files")), "Certified and empirical accuracy")
+    section.paragraphs += notes
     section.cards = _cards(data.get("model_card"))
     return [section]
 

@@ -113,9 +113,9 @@ class Guard:
         bounds: tuple[float, float],
     ) -> Guard | None:
         """The guard for a training method, or None where it does not apply (standard training, eps 0, off)."""
-        from squiggles.train.methods import method_threat
+        from squiggles.train.methods import UNGUARDED, method_threat
 
-        if method == "standard" or (config is not None and not config.enabled):
+        if method == "standard" or method in UNGUARDED or (config is not None and not config.enabled):
             return None
         threat = method_threat(method, method_options, bounds)
         if threat is None:

@@ -54,6 +54,8 @@ def make_standard(**options: Any) -> TrainMethod:
 
 
 METHODS: dict[str, Callable[..., TrainMethod]] = {"standard": make_standard}
+# Methods whose loss cannot be fooled the way a one-step attack is (noise, bounds): the collapse guard skips them.
+UNGUARDED: set[str] = set()
 # Methods whose threat is not a norm ball: how to build it from the method's options and the input bounds.
 THREATS_OF: dict[str, Callable[[dict[str, Any], tuple[float, float]], Any]] = {}
 

@@ -152,8 +152,10 @@ def _recipe_line(config: TrainConfig) -> str:
 
 
 def _final_ensemble(final_eval: str | None, config: TrainConfig) -> str | None:
-    if final_eval == "auto":
-        return None if config.method == "standard" else "quick"
+    from squiggles.train.certified import SMOOTHING
+
+    if final_eval == "auto":  # a noise-trained model is measured by `squiggles certify`, not by an Linf attack
+        return None if config.method in ("standard", *SMOOTHING) else "quick"
     if final_eval not in (None, "none", *ENSEMBLES):
         raise SquigglesError(f"unknown final evaluation {final_eval!r}; choose auto, none, {', '.join(ENSEMBLES)}")
     return None if final_eval in (None, "none") else final_eval

@@ -114,6 +114,28 @@ for _entry in (
         _args(f"{_WIDE} --model-arg recenter=true --dataset mnist --method spatial --warmup 0.2 --draw grid "
               "--epochs 12 --lr 2e-3 --ema 0.999"),
     ),
+    # Base classifiers for randomized smoothing (Cohen et al. 2019): Gaussian noise augmentation at the sigma
+    # they are certified with (`squiggles certify --method smoothing --sigma ...`).
+    ZooEntry(
+        "mnist-smooth-0.25",
+        "Small CNN trained with Gaussian noise (sigma 0.25): the base classifier for randomized smoothing",
+        "smoothing-base",
+        _args("--model small-cnn --dataset mnist --method noise --sigma 0.25 --epochs 10 --lr 2e-3 --batch-size 128"),
+    ),
+    ZooEntry(
+        "mnist-smooth-0.5",
+        "Small CNN trained with Gaussian noise (sigma 0.5): the base classifier for randomized smoothing",
+        "smoothing-base",
+        _args("--model small-cnn --dataset mnist --method noise --sigma 0.5 --epochs 10 --lr 2e-3 --batch-size 128"),
+    ),
+    # Verified robustness (Gowal et al. 2018): interval-bound training at Linf 0.3 (trained at 0.33), certified by
+    # `squiggles certify --method ibp --eps 0.3`.
+    ZooEntry(
+        "mnist-certified-0.3",
+        "Small CNN (width 2), interval bound propagation (IBP) training at L-inf eps 0.3: verified, not only robust",
+        "certified",
+        _args(f"{_WIDE} --dataset mnist --method ibp --eps 0.3 --epochs 40 --lr 1e-3 --batch-size 100"),
+    ),
 ):
     register(_entry)
 
