@@ -120,10 +120,9 @@ def _lp_lower_bound(net: nn.Sequential, x: torch.Tensor, eps: float, c: torch.Te
     w2, b2 = net[2].weight.detach().double().numpy(), net[2].bias.detach().double().numpy()
     x0 = x.double().numpy()
     lo_x, hi_x = np.clip(x0 - eps, 0, 1), np.clip(x0 + eps, 0, 1)
-    z0 = w1 @ x0 + b1
     lo = w1.clip(0) @ lo_x + w1.clip(max=0) @ hi_x + b1
     hi = w1.clip(0) @ hi_x + w1.clip(max=0) @ lo_x + b1
-    d, h = len(x0), len(z0)
+    d, h = len(x0), len(b1)
     # variables [x (d), y (h)]; z = W1 x + b1 is substituted in.
     obj = np.concatenate([np.zeros(d), c.double().numpy() @ w2])
     a_ub, b_ub, a_eq, b_eq = [], [], [], []
@@ -152,7 +151,6 @@ def _lp_lower_bound(net: nn.Sequential, x: torch.Tensor, eps: float, c: torch.Te
     res = linprog(obj, A_ub=np.array(a_ub) if a_ub else None, b_ub=b_ub or None,
                   A_eq=np.array(a_eq) if a_eq else None, b_eq=b_eq or None, bounds=bounds, method="highs")
     assert res.status == 0, res.message
-    del z0
     return float(res.fun + c.double().numpy() @ b2)
 
 
@@ -200,8 +198,7 @@ def test_bad_regions_are_refused():
 
 
 def test_bounds_are_differentiable_in_the_weights():
-    net = build_model("small-cnn").train()
-    net.eval()
+    net = build_model("small-cnn").eval()
     x, y = torch.rand(3, 1, 28, 28), torch.tensor([1, 2, 3])
     for method in ("ibp", "crown-ibp"):
         m = margin_bounds(net, x, y, "linf", 0.05, method)

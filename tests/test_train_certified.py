@@ -63,24 +63,17 @@ def test_ibp_starts_clean_and_mixes_in_the_worst_case(blobs):
     assert worst.item() > clean.item()
 
 
-def test_ibp_training_verifies_what_standard_training_does_not(blobs):
+def test_ibp_training_verifies_what_standard_training_does_not(blobs, tmp_path):
     x, y = blobs
     results = {}
     for method, options in (("standard", {}), ("crown-ibp", {"eps": 0.9, "start": 0.0, "warmup": 0.5})):
         net = _net(1)
         config = TrainConfig(arch="mlp", method=method, method_options=options, epochs=30, batch_size=16, lr=0.01,
                              schedule="constant")
-        fit(net, x, y, x, y, config, out_dir=_tmp(), bounds=(-5.0, 5.0), progress=False, log=lambda m: None)
+        fit(net, x, y, x, y, config, out_dir=tmp_path / method, bounds=(-5.0, 5.0), progress=False, log=lambda m: None)
         with torch.no_grad():
             results[method] = verified(margin_bounds(net, x, y, "linf", 0.9, "ibp", (-5.0, 5.0)), y).float().mean()
     assert results["crown-ibp"] > 0.7 and results["crown-ibp"] > results["standard"] + 0.15
-
-
-def _tmp():
-    import tempfile
-    from pathlib import Path
-
-    return Path(tempfile.mkdtemp())
 
 
 def test_certified_methods_are_registered_and_unguarded(blobs):

@@ -15,6 +15,7 @@ from squiggles.cli.common import (
     add_model_args,
     nonneg_float,
     positive_int,
+    remove_state_files,
     resolve_data,
     resolve_model,
     say,
@@ -129,8 +130,7 @@ def _certify_and_write(args: argparse.Namespace, config, out: Path, rank: int | 
                      title=f"{Path(args.model).name}: {config.method}", ylabel="accuracy (%)")
     report["files"] = [plot.name]
     write_json(out, report)
-    for path in state.parent.glob(state.stem + "*" + state.suffix):
-        path.unlink(missing_ok=True)  # finished: the progress file is no longer needed
+    remove_state_files(state)
     print(result.table())
     if result.violations():
         say(args, "warning: a certified figure is above the attack's on the same points; this is a bug, please "

@@ -93,6 +93,12 @@ def say(args: argparse.Namespace, message: str) -> None:
         print(message, file=sys.stderr)
 
 
+def remove_state_files(state: Any) -> None:
+    """A finished run's progress files (rank 0's and every other rank's) are no longer needed."""
+    for path in state.parent.glob(state.stem + "*" + state.suffix):
+        path.unlink(missing_ok=True)
+
+
 # --- models and data from the command line ---------------------------------------------------------
 
 

@@ -16,6 +16,7 @@ from squiggles.cli.common import (
     add_model_args,
     nonneg_float,
     positive_int,
+    remove_state_files,
     resolve_data,
     resolve_model,
     say,
@@ -155,8 +156,7 @@ def _evaluate_and_write(args: argparse.Namespace, out: Path, rank: int | None) -
         )
         report["files"] = [plot.name]
     write_json(out, report)
-    for path in state.parent.glob(state.stem + "*" + state.suffix):
-        path.unlink(missing_ok=True)  # finished: the progress file is no longer needed
+    remove_state_files(state)
     print(result.table())
     say(args, f"results in {out}")
     return 0
