@@ -127,7 +127,8 @@ def test_unwritable_output_path(tmp_path):
 def test_data_list_info_fetch():
     listing = run_cli("data", "list")
     assert listing.returncode == 0
-    assert [line.split()[0] for line in listing.stdout.splitlines()] == ["mnist", "fashion-mnist", "digits", "spheres"]
+    names = [line.split()[0] for line in listing.stdout.splitlines()]
+    assert names == ["mnist", "fashion-mnist", "digits", "spheres", "mnist-c"]
     info = run_cli("data", "info", "digits")
     assert info.returncode == 0 and json.loads(info.stdout)["num_classes"] == 10
     assert run_cli("data", "fetch", "digits", "--quiet").returncode == 0

@@ -26,13 +26,13 @@ from squiggles._sources import IDX_FILES, parse_idx
 from squiggles.errors import DataError
 
 __all__ = [
-    "DATASETS", "SPLITS", "Dataset", "IdxSpec", "dataset_info", "fetch", "load_dataset", "load_tensors",
+    "DATASETS", "SPLITS", "Dataset", "IdxSpec", "dataset_info", "fetch", "is_builtin", "load_dataset", "load_tensors",
     "parse_idx", "spheres", "squiggles_home",
 ]
 
 log = logging.getLogger(__name__)
 
-DATASETS: tuple[str, ...] = ("mnist", "fashion-mnist", "digits", "spheres")
+DATASETS: tuple[str, ...] = ("mnist", "fashion-mnist", "digits", "spheres", "mnist-c")
 SPLITS: tuple[str, ...] = ("train", "val", "trainval", "test")
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -127,6 +127,8 @@ def squiggles_home(home: str | Path | None = None) -> Path:
 
 def _check_name(name: str) -> None:
     known = tuple(dict.fromkeys(DATASETS + tuple(IDX_SPECS)))
+    if name.startswith("mnist-c/") and _mnist_c(name):
+        return
     if name not in known:
         raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(known)}")
 
@@ -215,10 +217,34 @@ def _ensure(spec: IdxSpec, files: list[str], data_dir: str | Path | None, home: 
     return out
 
 
+def is_builtin(name: str) -> bool:
+    """A built-in dataset's name (``mnist-c/<corruption>`` included), as opposed to a user's file."""
+    return name in DATASETS or name in IDX_SPECS or (name.startswith("mnist-c/") and _is_corruption(name[8:]))
+
+
+def _is_corruption(name: str) -> bool:
+    from squiggles.monitor.corruptions import CORRUPTIONS
+
+    return name in CORRUPTIONS
+
+
+def _mnist_c(name: str) -> tuple[str, str | None] | None:
+    """MNIST-C's names (``mnist-c``, ``mnist-c/<corruption>``) are served by `squiggles.monitor.mnistc`."""
+    if not name.startswith("mnist-c"):
+        return None
+    from squiggles.monitor.mnistc import parse_name
+
+    return parse_name(name)
+
+
 def fetch(name: str, *, data_dir: str | Path | None = None, home: str | Path | None = None,
           progress: bool = True) -> Path:
     """Make sure the cache of ``name`` is complete and verified; returns the cache folder."""
     _check_name(name)
+    if parsed := _mnist_c(name):
+        from squiggles.monitor import mnistc
+
+        return mnistc.fetch_all(data_dir=data_dir, home=home, progress=progress, only=parsed[1])
     cache = squiggles_home(home) / name
     if name in IDX_SPECS:
         _ensure(IDX_SPECS[name], list(IDX_FILES), data_dir, home, progress)
@@ -289,6 +315,11 @@ def load_dataset(name: str, split: str = "train", *, data_dir: str | Path | None
                         + (f"; it accepts {', '.join(sorted(allowed))}" if allowed else ""))
     if name in IDX_SPECS:
         return _load_idx(IDX_SPECS[name], split, data_dir, home, progress)
+    if parsed := _mnist_c(name):
+        from squiggles.monitor.mnistc import load
+
+        x, y, _ = load(parsed[1], split, data_dir=data_dir, home=home, progress=progress)
+        return Dataset(name, split, x, y, 10)
     if name == "digits":
         return _load_digits(split)
     n = int(kwargs.get("n", SPHERES_DEFAULT_N[split]))
@@ -308,6 +339,18 @@ def dataset_info(name: str, *, home: str | Path | None = None) -> dict[str, Any]
                 "classes": list(spec.classes), "splits": sizes,
                 "sources": ["--data-dir DIR (if given)"] + [label for label, _ in spec.sources],
                 "cached": all((cache / f).is_file() for f in IDX_FILES), "cache": str(cache)}
+    if parsed := _mnist_c(name):
+        from squiggles.monitor.corruptions import CORRUPTIONS
+        from squiggles.monitor.mnistc import ARCHIVE, ARCHIVE_URL, _root
+
+        each = {"train": 50000, "val": 10000, "trainval": 60000, "test": 10000}
+        k = 1 if parsed[1] else len(CORRUPTIONS)
+        return {"name": name, "shape": (1, 28, 28), "num_classes": 10, "classes": [str(i) for i in range(10)],
+                "splits": {s: k * v for s, v in each.items()}, "corruptions": [parsed[1]] if parsed[1] else
+                list(CORRUPTIONS), "sources": ["--data-dir DIR holding " + ARCHIVE + " (if given)", ARCHIVE_URL,
+                                               "generated from MNIST (squiggles.monitor.corruptions, seed 0)"],
+                "cached": (_root(home) / (parsed[1] or "fog") / "test_images.npy").is_file(),
+                "cache": str(_root(home))}
     if name == "digits":
         n_train = 1797 - DIGITS_TEST - DIGITS_VAL
         return {"name": name, "shape": (1, 8, 8), "num_classes": 10, "classes": [str(i) for i in range(10)],

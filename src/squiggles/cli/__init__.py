@@ -17,6 +17,7 @@ from squiggles.cli import (
     demo_cmd,
     evaluate_cmd,
     experiment_cmd,
+    monitor_cmd,
     patch_cmd,
     report_cmd,
     train_cmd,
@@ -26,8 +27,8 @@ from squiggles.cli.common import Parser
 from squiggles.errors import SquigglesError
 
 COMMANDS = (
-    train_cmd, attack_cmd, evaluate_cmd, certify_cmd, patch_cmd, data_cmd, zoo_cmd, demo_cmd, experiment_cmd,
-    report_cmd,
+    train_cmd, attack_cmd, evaluate_cmd, certify_cmd, monitor_cmd, patch_cmd, data_cmd, zoo_cmd, demo_cmd,
+    experiment_cmd, report_cmd,
 )
 
 

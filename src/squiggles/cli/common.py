@@ -165,13 +165,13 @@ def resolve_data(args: argparse.Namespace) -> Any:
     """The dataset the command runs on, cut to ``--n`` points."""
     from pathlib import Path
 
-    from squiggles.data import DATASETS, load_dataset, load_tensors
+    from squiggles.data import DATASETS, is_builtin, load_dataset, load_tensors
     from squiggles.errors import SquigglesError
 
     name = args.dataset
     if name.endswith((".npz", ".safetensors")) or Path(name).is_file():
         data = load_tensors(name)
-    elif name in DATASETS:
+    elif is_builtin(name):
         data = load_dataset(name, args.split, data_dir=args.data_dir, progress=not getattr(args, "quiet", False))
     else:
         raise SquigglesError(

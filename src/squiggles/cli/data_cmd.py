@@ -17,7 +17,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     info.set_defaults(run=run_info)
     fetch = dsub.add_parser("fetch", help="download (or find offline) and cache a dataset")
     fetch.add_argument("name")
-    fetch.add_argument("--data-dir", help="folder holding the four IDX files (.gz or not) to use instead")
+    fetch.add_argument("--data-dir", help="folder holding the four IDX files (.gz or not) to use instead; for mnist-c, "
+                       "the folder holding the published mnist_c.zip")
     fetch.add_argument("--quiet", action="store_true")
     fetch.set_defaults(run=run_fetch)
 

@@ -144,11 +144,11 @@ def _fresh(out: Path, overwrite: bool) -> Path:
 
 def _held_out(args: argparse.Namespace) -> Any:
     """The held-out images the patch is measured on: ``--test-data``, else the built-in dataset's test split."""
-    from squiggles.data import DATASETS, load_dataset, load_tensors
+    from squiggles.data import is_builtin, load_dataset, load_tensors
 
     if args.test_data:
         test = load_tensors(args.test_data)
-    elif args.dataset in DATASETS:
+    elif is_builtin(args.dataset):
         test = load_dataset(args.dataset, "test", data_dir=args.data_dir, progress=not args.quiet)
     else:
         raise SquigglesError("--test-data is required with your own --dataset: the patch is measured on held-out "

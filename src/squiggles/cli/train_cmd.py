@@ -64,6 +64,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--beta", type=nonneg_float, help="trades: weight of the KL term (default 6)")
     p.add_argument("--sigma", type=positive_float,
                    help="noise / consistency: the Gaussian noise level the smoothed classifier will use (default 0.25)")
+    p.add_argument("--consistency-weight", type=nonneg_float,
+                   help="consistency: weight of the KL term (Jeong and Shin's lambda; default 10, their MNIST setting "
+                   "for sigma 0.25; they use 5 for sigma 0.5 and 1.0)")
     p.add_argument("--warmup", type=nonneg_float, help="ramp eps (or the spatial box) up over this share of training")
     p.add_argument("--max-rotation", type=nonneg_float,
                    help="spatial / spatial-augment: largest rotation either way, in degrees (default 30)")
@@ -212,6 +215,7 @@ METHOD_FLAGS = {
     "attack_step_size": "step_size",
     "beta": "beta",
     "sigma": "sigma",
+    "consistency_weight": "lbd",
     "warmup": "warmup",
     "max_rotation": "max_rotation",
     "max_translation": "max_translation",
@@ -228,7 +232,7 @@ def _method_options(args: argparse.Namespace) -> dict:
 
 def check_names(model: str, dataset: str) -> None:
     """Fail fast, before any data is loaded, on an unknown model or dataset name."""
-    from squiggles.data import DATASETS
+    from squiggles.data import DATASETS, is_builtin
     from squiggles.models import MODELS, is_import_path
 
     if not is_import_path(model) and model not in MODELS:
@@ -236,7 +240,7 @@ def check_names(model: str, dataset: str) -> None:
             f"unknown model {model!r}; choose one of: {', '.join(MODELS)} (or your own package.module:factory)"
         )
     is_file = dataset.endswith((".npz", ".safetensors")) or Path(dataset).is_file()
-    if not is_file and dataset not in DATASETS:
+    if not is_file and not is_builtin(dataset):
         raise SquigglesError(
             f"unknown dataset {dataset!r}; choose one of: {', '.join(DATASETS)} "
             "(or a .npz/.safetensors file with x and y)"

@@ -37,6 +37,7 @@ BUILDERS: dict[str, str] = {
     "demo": "squiggles.demo.report:sections",
     "patch": "squiggles.report.builders:patch_sections",
     "certification": "squiggles.report.builders:certification_sections",
+    "monitor": "squiggles.monitor.report:sections",
 }
 
 NAMED = ("results.json", "summary.json", "card.json")
