@@ -140,3 +140,19 @@ def test_an_unsupported_layer_is_named(tmp_path):
     res = run_cli("certify", "--model", "tests.user_model:make_softmax_net", "--dataset", "digits", "--points", "4",
                   "--method", "ibp", "--eps", "0.1", "--out", str(tmp_path / "c.json"), "--quiet")
     assert res.returncode == 2 and "(Scale) is not supported by bound propagation" in res.stderr
+
+
+def test_predict_gives_the_smoothed_classifier_with_abstentions(digits_model, tmp_path):
+    out = tmp_path / "predict.json"
+    res = run_cli("certify", "--model", str(digits_model), "--dataset", "digits", "--points", "30", "--predict",
+                  "--sigma", "0.25", "--samples", "200", "--alpha", "0.01", "--out", str(out), "--quiet")
+    assert res.returncode == 0, res.stderr
+    data = json.loads(out.read_text())
+    pred, label = torch.tensor(data["prediction"]), torch.tensor(data["label"])
+    assert data["method"] == "predict" and len(pred) == 30 and data["model_calls"] == 30 * 200
+    assert data["abstentions"] == int((pred == -1).sum())
+    assert data["smoothed_accuracy"] == pytest.approx(float((pred == label).double().mean()))
+    assert data["smoothed_accuracy"] > 0.5
+    bad = run_cli("certify", "--model", str(digits_model), "--dataset", "digits", "--method", "ibp", "--eps", "0.1",
+                  "--predict", "--out", str(tmp_path / "x.json"), "--quiet")
+    assert bad.returncode == 2 and "takes --method smoothing" in bad.stderr and not (tmp_path / "x.json").exists()

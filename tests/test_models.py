@@ -139,3 +139,13 @@ def test_recenter_option_puts_the_module_first_and_is_differentiable(arch):
     assert build_model(arch, upright=True)[0].upright
     with pytest.raises(ModelError, match="upright must be true or false"):
         build_model(arch, upright=1)
+
+
+def test_mlp_activation():
+    net = build_model("mlp", in_shape=(1, 4, 4), hidden=[8, 8], activation="gelu")
+    assert sum(isinstance(m, nn.GELU) for m in net.modules()) == 2 and not any(isinstance(m, nn.ReLU) for m in net)
+    x = torch.randn(3, 1, 4, 4)
+    first = net[1](net[0](x))
+    assert torch.allclose(net[2](first), torch.nn.functional.gelu(first, approximate="tanh"))
+    with pytest.raises(ModelError, match="activation must be one of relu, gelu"):
+        build_model("mlp", activation="tanh")

@@ -103,3 +103,18 @@ def test_cli_refuses_a_bad_sigma(tmp_path):
     res = run_cli("train", "--model", "small-cnn", "--dataset", "digits", "--method", "pgd", "--sigma", "0.5",
                   "--out", str(tmp_path / "m"))
     assert res.returncode == 2 and "takes no --sigma" in res.stderr
+
+
+def test_the_consistency_weight_flag_reaches_the_loss():
+    import argparse
+
+    from squiggles.cli import train_cmd
+
+    parser = argparse.ArgumentParser()
+    train_cmd.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["train", "--method", "consistency", "--consistency-weight", "5", "--sigma", "0.5",
+                              "--out", "unused"])
+    assert train_cmd._method_options(args) == {"sigma": 0.5, "lbd": 5.0}
+    args = parser.parse_args(["train", "--method", "noise", "--consistency-weight", "5", "--out", "unused"])
+    with pytest.raises(SquigglesError, match="takes no --consistency-weight"):
+        train_cmd._method_options(args)

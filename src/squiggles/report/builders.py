@@ -260,8 +260,9 @@ def certification_sections(data: dict[str, Any], folder: Path) -> list[Section]:
     section.paragraphs.append("A certificate proves that no input within the budget changes the prediction; an "
                               "attack only finds inputs that do. Certified accuracy can never exceed the attack's "
                               "figure on the same points.")
-    headline = {k: data.get(k) for k in ("n", "norm", "clean_accuracy", "abstentions", "average_certified_radius",
-                                         "model_calls", "wall_time_s", "points_per_second") if data.get(k) is not None}
+    headline = {k: data.get(k) for k in ("n", "norm", "sigma", "samples", "clean_accuracy", "smoothed_accuracy",
+                                         "abstentions", "average_certified_radius", "model_calls", "wall_time_s",
+                                         "points_per_second") if data.get(k) is not None}
     section.tables.append(key_value_table(headline, "Headline"))
     key = "radius" if method == "smoothing" else "eps"
     empirical = {row.get("budget"): row for row in data.get("empirical") or [] if isinstance(row, dict)}
