@@ -58,6 +58,7 @@ def test_calibration_end_to_end(tmp_path, digits_model):
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, digits_model):
     cases = [
         (["corruptions", "--corruptions", "snow"], "unknown corruption 'snow'"),
+        (["corruptions", "--severity", "6"], "--severity must be 1 to 5"),
         (["ood", "--ood", "fashion-mnist"], "shape (1, 28, 28) but the model takes (1, 8, 8)"),
         (["calibration", "--n", "50"], "too few for 15 calibration bins"),
         (["calibration", "--shift-n", "20"], "give more points (--shift-n)"),

@@ -31,6 +31,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     c = msub.add_parser("corruptions", help="error under each MNIST-C corruption, mean corruption error, heat map")
     _common(c)
     c.add_argument("--corruptions", nargs="+", metavar="NAME", help="a subset of the 15 (default: all)")
+    c.add_argument("--severity", type=int, help="1-5 for the 11 corruptions with a scale (the others have one "
+                   "setting); default: each corruption at the severity of the published set")
     c.set_defaults(run=run_corruptions)
     o = msub.add_parser("ood", help="detect out-of-distribution inputs and misclassifications (AUROC, AUPR, FPR95)")
     _common(o)
@@ -152,8 +154,9 @@ def run_corruptions(args: argparse.Namespace) -> int:
     from squiggles.monitor.corruptions import CORRUPTIONS, check_corruption, corrupt
     from squiggles.monitor.figures import corruption_heatmap, image_strip
 
-    for name in args.corruptions or []:
-        check_corruption(name)
+    for name in args.corruptions or list(CORRUPTIONS):
+        scaled = check_corruption(name).levels is not None
+        check_corruption(name, args.severity if scaled else None)
     start = time.perf_counter()
     out = _check_out(args)
     test = _test(args)
@@ -161,11 +164,14 @@ def run_corruptions(args: argparse.Namespace) -> int:
     ensure_writable_dir(out)
     say(args, f"corrupting {len(test)} images {len(args.corruptions or CORRUPTIONS)} ways and evaluating "
         f"{len(models)} model(s) ...")
-    result = corruption_errors(models, test, names=args.corruptions, seed=args.seed, progress=not args.quiet)
+    result = corruption_errors(models, test, names=args.corruptions, severity=args.severity, seed=args.seed,
+                               progress=not args.quiet)
     files = [corruption_heatmap(out / "corruptions.png", result)]
     sample = test.x[:6]
-    strip = {"clean": sample, **{n: corrupt(sample, n, seed=args.seed) for n in result["corruptions"]}}
-    files.append(image_strip(out / "examples.png", strip, "MNIST-C corruptions at their published severities"))
+    strip = {"clean": sample, **{n: corrupt(sample, n, result["severity"][n] if CORRUPTIONS[n].levels else None,
+                                            seed=args.seed) for n in result["corruptions"]}}
+    at = f"severity {args.severity}" if args.severity else "their published severities"
+    files.append(image_strip(out / "examples.png", strip, f"MNIST-C corruptions at {at}"))
     for row in result["rows"]:
         print(f"{row['model']}: clean error {100 * row['clean_error']:.2f}%, mean corruption error "
               f"{100 * row['mean_error']:.2f}%")

@@ -46,12 +46,14 @@ def _error(logits: Tensor, y: Tensor) -> float:
 
 
 def corruption_errors(models: dict[str, nn.Module], test: Any, *, names: Sequence[str] | None = None,
-                      seed: int = 0, progress: bool = True) -> dict[str, Any]:
-    """Error of each model on ``test`` and under each corruption (at MNIST-C's severity), on the same images."""
+                      severity: int | None = None, seed: int = 0, progress: bool = True) -> dict[str, Any]:
+    """Error of each model on ``test`` and under each corruption, on the same images: at MNIST-C's severities, or
+    at ``severity`` (1-5) for the corruptions with a scale (the others have one setting)."""
     names = list(names or CORRUPTIONS)
+    levels = {n: severity if CORRUPTIONS[n].levels is not None else None for n in names}
     start = time.perf_counter()
-    corrupted = {name: corrupt(test.x, name, seed=seed) for name in tqdm(names, desc="corrupting", disable=not progress,
-                                                                          leave=False)}
+    corrupted = {name: corrupt(test.x, name, levels[name], seed=seed)
+                 for name in tqdm(names, desc="corrupting", disable=not progress, leave=False)}
     generation_s = time.perf_counter() - start
     rows = []
     for label, model in models.items():
@@ -66,7 +68,7 @@ def corruption_errors(models: dict[str, nn.Module], test: Any, *, names: Sequenc
             "mean_relative": (mean / clean) if clean > 0 else None,
         })
     return {"analysis": "corruptions", "n": len(test.y), "corruptions": names,
-            "severity": {n: CORRUPTIONS[n].severity for n in names}, "seed": seed, "rows": rows,
+            "severity": {n: levels[n] or CORRUPTIONS[n].severity for n in names}, "seed": seed, "rows": rows,
             "generation_s": round(generation_s, 2), "verdicts": _corruption_verdicts(rows)}
 
 

@@ -93,11 +93,13 @@ class Detector:
         if self.method == "ensemble":
             return sum(((p.score(x).double() - m) / sd for p, m, sd in self.fitted["parts"]),
                        torch.zeros(len(x), dtype=torch.float64)).float()
-        return torch.cat([self._score(b) for b in x.split(self.batch_size)]) if len(x) else torch.zeros(0)
+        device = _device(self.model)
+        return torch.cat([self._score(b.to(device)) for b in x.split(self.batch_size)]) if len(x) else torch.zeros(0)
 
     def _features(self, x: Tensor) -> Tensor:
         fn = _layer_stats if self.method == "layer-stats" else _penultimate
-        return torch.cat([fn(self.model, b) for b in x.split(self.batch_size)]).double()
+        device = _device(self.model)
+        return torch.cat([fn(self.model, b.to(device)) for b in x.split(self.batch_size)]).double()
 
     def _score(self, x: Tensor) -> Tensor:
         if self.method in ("mahalanobis", "layer-stats"):
@@ -163,8 +165,7 @@ def fit_detector(model: nn.Module, train: Any, method: str = "msp", **options: A
     if getattr(train, "split", "train") not in ("train", "trainval", "all", "custom"):
         raise SquigglesError(f"detectors are fitted on training data; got the {train.split!r} split")
     det = make_detector(model, method, **options)
-    device = _device(model)
-    return det.fit(x.to(device), y.to(device), getattr(train, "num_classes", None))
+    return det.fit(x, y.to(_device(model)), getattr(train, "num_classes", None))
 
 
 def _device(model: nn.Module) -> torch.device:
