@@ -44,8 +44,8 @@ def test_ood_end_to_end_with_a_users_set(tmp_path, digits_model):
 
 def test_calibration_end_to_end(tmp_path, digits_model):
     out = tmp_path / "k"
-    r = run_cli("monitor", "calibration", "--model", str(digits_model), "--dataset", "digits", "--shift-n", "150",
-                "--out", str(out), "--quiet")
+    r = run_cli("monitor", "calibration", "--model", str(digits_model), "--dataset", "digits", "--bins", "5",
+                "--shift-n", "50", "--out", str(out), "--quiet")
     assert r.returncode == 0, r.stderr
     res = json.loads((out / "results.json").read_text())
     row = res["rows"][0]
@@ -55,7 +55,10 @@ def test_calibration_end_to_end(tmp_path, digits_model):
     assert {"reliability.png", "shift.png"} <= {p.name for p in out.iterdir()}
 
 
-def test_bad_input_is_one_line_and_writes_nothing(tmp_path, digits_model):
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, digits_model, capsys, monkeypatch):
+    from squiggles.cli import main
+
+    monkeypatch.setenv("SQUIGGLES_OFFLINE", "1")
     cases = [
         (["corruptions", "--corruptions", "snow"], "unknown corruption 'snow'"),
         (["corruptions", "--severity", "6"], "--severity must be 1 to 5"),
@@ -65,11 +68,16 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, digits_model):
     ]
     for args, message in cases:
         out = tmp_path / args[0]
-        r = run_cli("monitor", *args, "--model", str(digits_model), "--dataset", "digits", "--out", str(out),
-                    "--quiet", env={"SQUIGGLES_OFFLINE": "1"})
-        assert r.returncode == 2, (args, r.stderr)
-        assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        code = main(["monitor", *args, "--model", str(digits_model), "--dataset", "digits", "--out", str(out),
+                     "--quiet"])
+        err = capsys.readouterr().err
+        assert code == 2, (args, err)
+        assert message in err and len(err.strip().splitlines()) == 1, err
         assert not out.exists()
+    # The same through a subprocess: exit code 2 and one line, as a user sees it.
+    r = run_cli("monitor", "corruptions", "--corruptions", "snow", "--model", str(digits_model), "--dataset", "digits",
+                "--out", str(tmp_path / "sub"), "--quiet")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "sub").exists()
 
 
 def test_an_earlier_result_is_never_replaced_without_overwrite(tmp_path, digits_model):
