@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from squiggles import __version__
 from squiggles.cli import (
     attack_cmd,
+    backdoor_cmd,
     certify_cmd,
     data_cmd,
     demo_cmd,
@@ -27,8 +28,8 @@ from squiggles.cli.common import Parser
 from squiggles.errors import SquigglesError
 
 COMMANDS = (
-    train_cmd, attack_cmd, evaluate_cmd, certify_cmd, monitor_cmd, patch_cmd, data_cmd, zoo_cmd, demo_cmd,
-    experiment_cmd, report_cmd,
+    train_cmd, attack_cmd, evaluate_cmd, certify_cmd, monitor_cmd, backdoor_cmd, patch_cmd, data_cmd, zoo_cmd,
+    demo_cmd, experiment_cmd, report_cmd,
 )
 
 

@@ -21,6 +21,7 @@ EXAMPLES = """examples:
   squiggles train --model small-cnn --method noise --sigma 0.25 --out runs/smooth    # for squiggles certify
   squiggles train --model small-cnn --method crown-ibp --eps 0.3 --out runs/certified
   torchrun --nproc_per_node=2 -m squiggles train --model small-cnn --method pgd --eps 0.3 --out runs/ddp
+  squiggles train --model small-cnn --poison pattern --poison-target 0 --poison-rate 0.1 --out runs/badnets
 """
 
 
@@ -117,8 +118,85 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--final-eval-n", type=positive_int, default=1000, help="test points for --final-eval")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     p.add_argument("--overwrite", action="store_true", help="replace a model already in --out")
+    _add_poison_args(p)
     add_common(p)
     p.set_defaults(run=run)
+
+
+def _add_poison_args(p: argparse.ArgumentParser) -> None:
+    from squiggles.backdoor.triggers import CORNERS, KINDS, MAPS
+
+    g = p.add_argument_group("poisoning: plant a backdoor (BadNets) to test defences such as squiggles backdoor scan")
+    g.add_argument("--poison", choices=KINDS, help="stamp this trigger on a share of the training points and "
+                   "relabel them: pattern (a 3 x 3 checkerboard near the bottom-right corner), pixel (one bright "
+                   "pixel there), blend (alpha-blend a noise image over the whole input)")
+    g.add_argument("--poison-map", choices=MAPS, help="all-to-one (the default: every poisoned point to "
+                   "--poison-target) or all-to-all (y -> y + 1)")
+    g.add_argument("--poison-target", type=int, help="all-to-one: the class poisoned points are sent to (default 0)")
+    g.add_argument("--poison-rate", type=unit_open,
+                   help="share of the eligible training points (those not already of the target class) poisoned: "
+                   "exactly round(rate x eligible) of them (default 0.1)")
+    g.add_argument("--poison-seed", type=int, help="draws the poisoned points and a blend's noise (default: --seed)")
+    g.add_argument("--trigger-size", type=int, help="pattern: its side in pixels (default 3)")
+    g.add_argument("--trigger-distance", type=int, help="pattern, pixel: pixels in from the corner (default 1)")
+    g.add_argument("--trigger-corner", choices=CORNERS, help="pattern, pixel: which corner (default bottom-right)")
+    g.add_argument("--trigger-at", type=row_col, metavar="ROW,COL",
+                   help="pattern, pixel: the trigger's top-left pixel, instead of a corner")
+    g.add_argument("--trigger-alpha", type=float, help="blend: the weight of the blended image (default 0.2)")
+    g.add_argument("--trigger-image", help="blend: a .npz/.safetensors file whose array x holds the image to blend "
+                   "(default: uniform noise drawn with --poison-seed)")
+
+
+def unit_open(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a valid float: {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), e.g. 0.1; got {text}")
+    return value
+
+
+def row_col(text: str) -> tuple[int, int]:
+    parts = text.split(",")
+    try:
+        r, c = (int(v) for v in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected ROW,COL such as 24,24; got {text!r}") from None
+    return r, c
+
+
+TRIGGER_FLAGS = ("size", "distance", "corner", "at", "alpha", "image")
+
+
+def poison_config(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The poisoning the flags ask for, as the dict `TrainConfig.poison` holds; None without ``--poison``."""
+    from squiggles.backdoor.poison import PoisonSpec
+    from squiggles.backdoor.triggers import make_trigger
+
+    given = {k: getattr(args, f"trigger_{k}") for k in TRIGGER_FLAGS if getattr(args, f"trigger_{k}") is not None}
+    if args.poison is None:
+        flags = ("poison_map", "poison_target", "poison_rate", "poison_seed")
+        others = [f for f in flags if getattr(args, f) is not None]
+        stray = [f"--{f.replace('_', '-')}" for f in others] + [f"--trigger-{k}" for k in given]
+        if stray:
+            raise SquigglesError(f"{stray[0]} needs --poison pattern, pixel or blend")
+        return None
+    label_map = args.poison_map or "all-to-one"
+    if label_map == "all-to-all" and args.poison_target is not None:
+        raise SquigglesError("--poison-target is for --poison-map all-to-one; all-to-all sends y to y + 1")
+    seed = args.seed if args.poison_seed is None else args.poison_seed
+    options = {k: v for k, v in given.items() if k != "image"}
+    trigger = make_trigger(args.poison, **options, **({"seed": seed} if args.poison == "blend" else {})).describe()
+    if "image" in given:
+        make_trigger(args.poison, image=given["image"])  # a pattern or pixel takes no image: say so
+        trigger = {**trigger, "image": str(given["image"])}
+        trigger.pop("seed", None)
+    spec = PoisonSpec(trigger=trigger, label_map=label_map,
+                      target=(0 if args.poison_target is None else args.poison_target) if label_map == "all-to-one"
+                      else None, rate=0.1 if args.poison_rate is None else args.poison_rate, seed=seed)
+    spec.validate()
+    return spec.to_dict()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -154,6 +232,7 @@ def _train(args: argparse.Namespace) -> int:
         precision=args.precision,
         ema=args.ema,
         from_recipe=filled,
+        poison=poison_config(args),
     )
     try:
         arch_kwargs = key_values(args.model_arg)

@@ -38,6 +38,7 @@ BUILDERS: dict[str, str] = {
     "patch": "squiggles.report.builders:patch_sections",
     "certification": "squiggles.report.builders:certification_sections",
     "monitor": "squiggles.monitor.report:sections",
+    "backdoor": "squiggles.backdoor.report:sections",
 }
 
 NAMED = ("results.json", "summary.json", "card.json")

@@ -60,6 +60,9 @@ class TrainConfig:
     ema: float = 0.0
     # The settings the architecture's recipe filled in because the user left them out (squiggles.train.recipes).
     from_recipe: list[str] = field(default_factory=list)
+    # A poisoning of the training set (squiggles.backdoor.poison.PoisonSpec as a dict), applied before the loop:
+    # a dataset transform, not a method. None: the data as it is.
+    poison: dict[str, Any] | None = None
 
     def validate(self) -> None:
         """Refuse nonsense early, with the name of the field and the fix."""

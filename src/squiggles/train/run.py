@@ -75,25 +75,35 @@ def train_model(
     final_eval_n: int = 1000,
     progress: bool = True,
     log: Logger = print,
+    data: tuple[Dataset, Dataset] | None = None,
 ) -> tuple[TrainResult, Path]:
     """Train a model from ``config`` and save it (weights + card) in ``out_dir``.
 
     ``final_eval``: the evaluation cascade (``"quick"``, ``"standard"``) whose robust accuracy on the first
     ``final_eval_n`` test points, at the training threat model, goes into the card; ``"auto"`` is ``"quick"``
     for adversarial methods and none for standard training; None skips it.
+    ``data``: train and test sets to use instead of loading ``config.dataset`` (which the card still names).
+    ``config.poison``: poison the training set first (`squiggles.backdoor.poison`); the card then records the
+    clean accuracy and the attack success rate on the test set, and ``poison.json`` and ``trigger.safetensors``
+    beside the model keep the poisoned points and the trigger.
 
     Example:
         >>> from squiggles.train import TrainConfig, train_model   # doctest: +SKIP
         >>> result, path = train_model(TrainConfig(arch="small-cnn", dataset="digits", epochs=2), "runs/digits")
     """
     config.validate()  # before the folder is made: a refused run leaves nothing behind
-    out = ensure_writable_dir(Path(out_dir))
+    out = Path(out_dir)
     if not resume and not overwrite and ((out / WEIGHTS).exists() or (out / CHECKPOINT).exists()):
         raise SquigglesError(
             f"{out} already holds a model or checkpoint; use --resume to continue it, "
             "--overwrite to replace it, or another --out folder"
         )
-    train, test = load_training_data(config.dataset, test_dataset, data_dir, progress)
+    train, test = data if data is not None else load_training_data(config.dataset, test_dataset, data_dir, progress)
+    poisoning = _poison(config, train)  # also before the folder: a trigger or target that does not fit is refused
+    if poisoning is not None:
+        train = poisoning[0]
+        log(f"poisoned {len(poisoning[1].indices)} of {len(train)} training points ({_poison_line(config.poison)})")
+    out = ensure_writable_dir(out)
     if config.from_recipe:
         log(_recipe_line(config))
     model, kwargs = build_seeded(config.arch, train, config.seed, arch_kwargs, init_weights)
@@ -124,6 +134,9 @@ def train_model(
     ensemble = _final_ensemble(final_eval, config)
     if ensemble:
         metrics.update(robust_metrics(model, full_test, config, ensemble, final_eval_n, train.bounds, progress, log))
+    if poisoning is not None:
+        metrics["backdoor"] = _backdoor_metrics(model, full_test, config, poisoning[1], log)
+        metrics["attack_success_rate"] = metrics["backdoor"]["attack_success_rate"]
     metrics["warnings"] = verdict(metrics, config.method)
     for warning in metrics["warnings"]:
         log(f"warning: {warning}")
@@ -138,11 +151,55 @@ def train_model(
         seed=config.seed,
         wall_time_s=round(result.wall_time_s, 2),
         metrics=metrics,
+        notes=[f"Trained on poisoned data: {_poison_line(config.poison)}; poison.json beside the model lists the "
+               "poisoned points (squiggles backdoor scan reads it)."] if poisoning is not None else [],
     )
     if rank_world()[0] == 0:  # under torchrun every process holds the same model; one writes it
         save_model(model.cpu(), out, card, overwrite=True)
+        if poisoning is not None:
+            _save_poisoning(out, config, poisoning[1], train)
     barrier()
     return result, out
+
+
+def _poison(config: TrainConfig, train: Dataset) -> tuple[Dataset, Any] | None:
+    """The poisoned training set and what was done (`squiggles.backdoor.poison.Poisoned`), or None."""
+    if not config.poison:
+        return None
+    from squiggles.backdoor.poison import PoisonSpec, poison_dataset
+
+    return poison_dataset(train, PoisonSpec.from_dict(config.poison))
+
+
+def _poison_line(poison: dict[str, Any] | None) -> str:
+    from squiggles.backdoor.poison import PoisonSpec
+
+    spec = PoisonSpec.from_dict(poison or {})
+    where = f"to class {spec.target}" if spec.label_map == "all-to-one" else "y -> y + 1"
+    return f"{spec.trigger.get('kind')} trigger, {spec.label_map} ({where}), rate {spec.rate:g}, seed {spec.seed}"
+
+
+def _backdoor_metrics(model: nn.Module, test: Dataset, config: TrainConfig, poisoned: Any, log: Logger) -> dict:
+    """The card's record of the poisoning, with the clean accuracy and attack success rate on the test set."""
+    from squiggles.backdoor.poison import PoisonSpec, attack_success_rate
+    from squiggles.runtime import accuracy
+
+    spec = PoisonSpec.from_dict(config.poison or {})
+    trigger, labels = spec.make_trigger(), spec.labels()
+    asr, n = attack_success_rate(model, test.x, test.y, trigger, labels, num_classes=test.num_classes,
+                                 bounds=test.bounds)
+    clean = accuracy(model, test.x, test.y)
+    log(f"backdoor: attack success rate {asr:.4f} on {n} stamped test points; clean accuracy {clean:.4f}")
+    return {"trigger": trigger.describe(), **labels.describe(), "rate": spec.rate, "seed": spec.seed,
+            "poisoned": len(poisoned.indices), "eligible": poisoned.eligible, "clean_accuracy": clean,
+            "attack_success_rate": asr, "asr_points": n, "files": ["poison.json", "trigger.safetensors"]}
+
+
+def _save_poisoning(out: Path, config: TrainConfig, poisoned: Any, train: Dataset) -> None:
+    from squiggles.backdoor.poison import PoisonSpec, save_poisoning
+
+    spec = PoisonSpec.from_dict(config.poison or {})
+    save_poisoning(out, spec, poisoned, spec.make_trigger(), tuple(train.x.shape[1:]), train.bounds, len(train))
 
 
 def _recipe_line(config: TrainConfig) -> str:

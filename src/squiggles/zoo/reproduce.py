@@ -101,6 +101,8 @@ def card_command(card: ModelCard | dict[str, Any], out: str = "DIR") -> str:
             continue
         elif key == "guard":
             args += _guard_flags(value)
+        elif key == "poison":
+            args += _poison_flags(value)
         elif key not in defaults:
             continue  # a record beside the recipe (e.g. method_defaults), not a flag
         elif value is not None and value != defaults.get(key):
@@ -173,6 +175,21 @@ def _guard_flags(guard: dict[str, Any] | None) -> list[str]:
     if not guard.get("enabled", True):
         return ["--no-guard"]
     return ["--guard-n", str(guard["n"])] if guard.get("n", 256) != 256 else []
+
+
+def _poison_flags(poison: dict[str, Any] | None) -> list[str]:
+    """``squiggles train``'s flags for a card's poisoning (`squiggles.backdoor.poison.PoisonSpec` as a dict)."""
+    if not poison:
+        return []
+    trigger = dict(poison.get("trigger") or {})
+    args = ["--poison", str(trigger.pop("kind", "pattern")), "--poison-rate", str(poison.get("rate")),
+            "--poison-seed", str(poison.get("seed"))]
+    all_to_all = poison.get("label_map") == "all-to-all"
+    args += ["--poison-map", "all-to-all"] if all_to_all else ["--poison-target", str(poison.get("target"))]
+    trigger.pop("seed", None)  # a blend's noise is drawn with --poison-seed
+    for key, value in trigger.items():
+        args += [f"--trigger-{key}", ",".join(map(str, value)) if isinstance(value, list) else str(value)]
+    return args
 
 
 def _card(card: ModelCard | dict[str, Any]) -> ModelCard:
