@@ -61,6 +61,11 @@ def font_files() -> tuple[str, ...]:
 
 def letters(n: int, shape: tuple[int, ...] = (1, 28, 28), seed: int = 0) -> Tensor:
     """``n`` rendered letters A-J as MNIST-style images of ``shape`` (channels repeat the grey image)."""
+    return labelled_letters(n, shape, seed)[0]
+
+
+def labelled_letters(n: int, shape: tuple[int, ...] = (1, 28, 28), seed: int = 0) -> tuple[Tensor, Tensor]:
+    """`letters` and which letter each is (0 for A ... 9 for J), for a per-letter breakdown."""
     if len(shape) != 3:
         raise SquigglesError(f"letters are images; the model takes inputs of shape {shape}")
     _, h, w = shape
@@ -73,7 +78,7 @@ def letters(n: int, shape: tuple[int, ...] = (1, 28, 28), seed: int = 0) -> Tens
     for i in range(n):
         glyph = _render(fonts[which[i]], LETTERS[chars[i]], float(angles[i]))
         out[i] = _mnist_style(glyph, h, w)
-    return out.unsqueeze(1).expand(n, shape[0], h, w).contiguous()
+    return out.unsqueeze(1).expand(n, shape[0], h, w).contiguous(), torch.from_numpy(chars).long()
 
 
 def _render(font: str, char: str, angle: float) -> Tensor:
