@@ -218,9 +218,10 @@ def repair_part(b: Bench, scanned: Any) -> dict[str, Any]:
                           **measure(result.model, b.test, real=real, reversed_=None, num_classes=10)}
         nc = scanned.cleanse
         classes = nc.flagged or [min(range(10), key=lambda t: nc.norms[t])]
-        tuned, _ = unlearn(bad, b.clean, b.test, nc.masks, nc.patterns, classes, Path(tmp) / "unlearn",
-                           batch_size=32, log=lambda m: None)
-        out["unlearn"] = {"classes": classes, **measure(tuned, b.test, real=real, reversed_=None, num_classes=10)}
+        tuned, _, rounds = unlearn(bad, b.clean, b.test, nc.masks, nc.patterns, classes, Path(tmp) / "unlearn",
+                                   batch_size=32, cleanse=b.cleanse, log=lambda m: None)
+        out["unlearn"] = {"classes": classes, "rounds": rounds,
+                          **measure(tuned, b.test, real=real, reversed_=None, num_classes=10)}
     for key in ("retrain", "unlearn"):
         r = out[key]
         r["meets"] = {"asr_at_most_1": r["attack_success_rate"] <= 0.01,

@@ -80,6 +80,9 @@ def test_a_backdoored_digits_model_is_found_and_repaired_end_to_end(tmp_path):
     assert unlearned["classes"] == [3] and unlearned["settings"]["epochs"] == 33  # 300 steps of 32 on 297 points
     assert unlearned["after"]["attack_success_rate"] < 0.2 < unlearned["before"]["attack_success_rate"]
     assert unlearned["after"]["reversed_asr"]["3"] < 0.2
+    rounds = unlearned["rounds"]
+    assert 1 <= len(rounds) <= 3 and [r_["round"] for r_ in rounds] == list(range(1, len(rounds) + 1))
+    assert all(3 in r_["flagged_after"] for r_ in rounds[:-1])  # another round only while class 3 stays flagged
     assert "attack success rate (real trigger)" in r.stdout
 
 

@@ -6,6 +6,10 @@
 - ``unlearn``: from the model alone (Wang et al. 2019, Neural Cleanse, section VI-C): fine-tune it on clean data of
   which a share (20% by default, as the paper) wears the reversed trigger of the flagged class(es) while keeping its
   true labels, so the model learns that the trigger means nothing; through the one loop (`squiggles.train.fit`).
+  Repeated: the *minimal* trigger Neural Cleanse finds is often only part of the real one (two or three of a 3 x 3
+  pattern's pixels on MNIST), and unlearning that part leaves the rest working, so after each round the triggers are
+  reversed again on the tuned model and another round runs while a class it unlearns is still flagged, at most
+  ``rounds`` times (on the benchmark's BadNets model one round left 95% of the attack, two left 1.3%).
 
 Both are judged on the test set by clean accuracy and the attack success rate: of the real trigger when it is known
 (a model trained here with ``--poison``), and of the reversed one.
@@ -78,22 +82,42 @@ def unlearn_epochs(n: int, batch_size: int) -> int:
 
 def unlearn(model: nn.Module, clean: Any, test: Any, masks: Tensor, patterns: Tensor, classes: list[int], out: Path, *,
             epochs: int | None = None, lr: float = 1e-3, batch_size: int = 32, share: float = 0.2, seed: int = 0,
-            progress: bool = False, log: Callable[[str], None] = print) -> tuple[nn.Module, Any]:
+            rounds: int = 3, cleanse: Any = None, cleanse_n: int = 1000, progress: bool = False,
+            log: Callable[[str], None] = print) -> tuple[nn.Module, Any, list[dict[str, Any]]]:
     """A fine-tuned copy of ``model`` on ``clean`` with a ``share`` wearing reversed triggers (module doc), for
-    ``epochs`` (default: `unlearn_epochs`); the loop's checkpoint goes to ``out`` and is removed after. Returns the
-    model and the `TrainResult`."""
+    ``epochs`` per round (default: `unlearn_epochs`), repeated with freshly reversed triggers while one of ``classes``
+    stays flagged (at most ``rounds``); Neural Cleanse (``cleanse``, a `CleanseConfig`) runs on the first
+    ``cleanse_n`` clean points. The loop's checkpoint goes to ``out`` and is removed after. Returns the model, the
+    last round's `TrainResult` and one record per round."""
+    from squiggles.backdoor.cleanse import neural_cleanse
     from squiggles.train import TrainConfig, fit
     from squiggles.train.state import CHECKPOINT
 
+    if rounds < 1:
+        raise SquigglesError(f"--rounds must be >= 1, got {rounds}")
     epochs = epochs or unlearn_epochs(len(clean), batch_size)
-    x, y = unlearning_set(clean.x, clean.y, masks, patterns, classes, share=share, seed=seed)
-    tuned = copy.deepcopy(model).train()
-    config = TrainConfig(arch="unlearning", dataset=clean.name, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
-    log(f"unlearning: fine-tuning on {len(x)} clean points, {int(round(share * len(x)))} wearing the reversed "
-        f"trigger of class(es) {', '.join(map(str, classes))} with their true labels")
-    result = fit(tuned, x, y, test.x, test.y, config, out, bounds=clean.bounds, progress=progress, log=log)
-    (Path(out) / CHECKPOINT).unlink(missing_ok=True)
-    return tuned.eval(), result
+    tuned = copy.deepcopy(model)
+    history: list[dict[str, Any]] = []
+    k = masks.shape[0]
+    for r in range(rounds):
+        x, y = unlearning_set(clean.x, clean.y, masks, patterns, classes, share=share, seed=seed + r)
+        config = TrainConfig(arch="unlearning", dataset=clean.name, epochs=epochs, lr=lr, batch_size=batch_size,
+                             seed=seed + r)
+        log(f"unlearning, round {r + 1}: fine-tuning on {len(x)} clean points, {int(round(share * len(x)))} wearing "
+            f"the reversed trigger of class(es) {', '.join(map(str, classes))} with their true labels")
+        result = fit(tuned.train(), x, y, test.x, test.y, config, out, bounds=clean.bounds, progress=progress, log=log)
+        (Path(out) / CHECKPOINT).unlink(missing_ok=True)
+        nc = neural_cleanse(tuned.eval(), clean.x[:cleanse_n], clean.y[:cleanse_n], k, bounds=clean.bounds,
+                            config=cleanse, seed=seed + r + 1)
+        still = [c for c in classes if c in nc.flagged]
+        history.append({"round": r + 1, "test_accuracy": result.test_acc, "flagged_after": nc.flagged,
+                        "anomaly_after": {str(c): nc.anomaly[c] for c in classes}})
+        log(f"  round {r + 1}: test accuracy {100 * result.test_acc:.2f}%; Neural Cleanse now flags "
+            f"{nc.flagged or 'no class'}")
+        if not still:
+            break
+        masks, patterns = nc.masks, nc.patterns
+    return tuned.eval(), result, history
 
 
 def measure(model: nn.Module, test: Any, *, real: tuple[Trigger, LabelMap] | None,

@@ -60,6 +60,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="retrain: whose suspects to remove (default: union, both detectors')")
     r.add_argument("--target", type=int, nargs="+", help="unlearn: the class(es) whose reversed trigger to unlearn "
                    "(default: those Neural Cleanse flagged)")
+    r.add_argument("--rounds", type=positive_int, default=3, help="unlearn: at most this many rounds of reversing the "
+                   "trigger again and unlearning it, while the class stays flagged (default 3)")
     r.add_argument("--share", type=positive_float, default=0.2, help="unlearn: share of clean points wearing the "
                    "reversed trigger (default 0.2, as Wang et al.)")
     r.add_argument("--epochs", type=positive_int, help="default: the model's recipe (retrain); unlearn: enough "
@@ -351,13 +353,14 @@ def _unlearn(args: argparse.Namespace, model: Any, clean: Any, test: Any, trigge
     epochs = args.epochs or unlearn_epochs(len(clean), batch)
     settings = {"epochs": epochs, "lr": args.lr or 1e-3, "batch_size": batch, "share": args.share, "seed": args.seed}
     ensure_writable_dir(out)
-    tuned, result = unlearn(model, clean, test, triggers["masks"], triggers["patterns"], classes, out,
-                            progress=not args.quiet, log=lambda m: say(args, m), **settings)
+    tuned, result, history = unlearn(model, clean, test, triggers["masks"], triggers["patterns"], classes, out,
+                                     rounds=args.rounds, progress=not args.quiet, log=lambda m: say(args, m),
+                                     **settings)
     new_card = ModelCard(arch=str(card.get("arch")), arch_kwargs=dict(card.get("arch_kwargs") or {}),
                          dataset=card.get("dataset"), bounds=tuple(card.get("bounds") or clean.bounds),
-                         recipe={"repair": "unlearn", "classes": classes, **settings},
+                         recipe={"repair": "unlearn", "classes": classes, "rounds": len(history), **settings},
                          metrics={"clean_accuracy": result.test_acc}, seed=args.seed,
                          notes=[f"Unlearned the reversed trigger(s) of class(es) {classes} found by the backdoor scan "
                                 f"{args.scan}, starting from {card.get('arch')} weights."])
     save_model(tuned.cpu(), out, new_card, overwrite=True)
-    return tuned, {"classes": classes, "settings": settings}
+    return tuned, {"classes": classes, "settings": settings, "rounds": history}
